@@ -1,0 +1,131 @@
+"""Bearer tokens and the namespaces they may write.
+
+A token's secret is shown once, at creation; the database keeps only its SHA-256. A write
+prefix covers a name that equals it or continues it at a segment boundary; the empty prefix
+covers every name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from casd.database import Database, Queries
+from casd.errors import Forbidden, Unauthorized
+
+SECRET_PREFIX = "casd_"
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    label: str
+    write_prefixes: tuple[str, ...]
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def actor(self) -> str:
+        """How history and logs name whoever used this token."""
+        return f"token:{self.id}" + (f" ({self.label})" if self.label else "")
+
+    def may_write(self, name: str) -> bool:
+        return any(prefix_covers(prefix, name) for prefix in self.write_prefixes)
+
+    @property
+    def may_upload(self) -> bool:
+        # Content addressing cannot overwrite anything: any write prefix allows uploads.
+        return bool(self.write_prefixes)
+
+
+def normalize_prefix(prefix: str) -> str:
+    return prefix.strip("/")
+
+
+def prefix_covers(prefix: str, name: str) -> bool:
+    prefix = normalize_prefix(prefix)
+    return prefix == "" or name == prefix or name.startswith(prefix + "/")
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def _token_from_row(row: Any) -> Token:
+    return Token(
+        row["id"], row["label"], tuple(row["write_prefixes"]), row["created_at"], row["revoked_at"]
+    )
+
+
+class TokenStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(
+        self, write_prefixes: Sequence[str], label: str = "", queries: Queries | None = None
+    ) -> tuple[Token, str]:
+        """A new token and its secret (the only time the secret exists outside the client)."""
+        secret = new_secret()
+        prefixes = [normalize_prefix(prefix) for prefix in write_prefixes]
+        row = await (queries or self.db).fetchrow(
+            "insert_token", label, hash_secret(secret), prefixes
+        )
+        return _token_from_row(row), secret
+
+    async def authenticate(self, secret: str) -> Token:
+        digest = hash_secret(secret)
+        row = await self.db.fetchrow("token_by_hash", digest)
+        if row is None or not hmac.compare_digest(row["secret_hash"], digest):
+            raise Unauthorized("the bearer token is unknown or revoked")
+        return _token_from_row(row)
+
+    async def list(self) -> list[Token]:
+        return [_token_from_row(row) for row in await self.db.fetch("list_tokens")]
+
+    async def revoke(self, token_id: int) -> bool:
+        return await self.db.fetchval("revoke_token", token_id) is not None
+
+    async def create_admin_if_first(self) -> str | None:
+        """On an empty database, create the admin token (empty prefix) and return its secret."""
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_admin_bootstrap")
+            if await tx.fetchval("count_tokens"):
+                return None
+            _, secret = await self.create([""], label="admin", queries=tx)
+            return secret
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The secret of an ``Authorization: Bearer`` header; None when there is no header."""
+    if header is None:
+        return None
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret or " " in secret:
+        raise Unauthorized("expected 'Authorization: Bearer <token>'")
+    return secret
+
+
+def require_write(token: Token | None, name: str) -> Token:
+    if token is None:
+        raise Unauthorized("writing a name needs a bearer token")
+    if not token.may_write(name):
+        raise Forbidden(f"this token may not write {name!r}")
+    return token
+
+
+def require_upload(token: Token | None) -> Token:
+    if token is None:
+        raise Unauthorized("uploading blobs needs a bearer token")
+    if not token.may_upload:
+        raise Forbidden("this token has no write prefix, so it may not upload")
+    return token

@@ -1,0 +1,217 @@
+"""The blob service: content addressing on top of a :class:`BlobStore` and the ``blobs`` table.
+
+Ingest streams bytes to a staging object while hashing them, verifies, makes them durable and
+publishes them under their digest; the database row is written in the same step, under the
+blob's advisory lock so that garbage collection and publication never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import blake3
+
+from casd.blobstore import BlobStore, StagedBlob
+from casd.database import Database
+from casd.digests import digest_of, format_digest, lock_key, new_hasher
+from casd.errors import (
+    BlobNotFound,
+    BlobQuarantined,
+    CasdError,
+    DigestMismatch,
+    IncompleteBody,
+    PayloadTooLarge,
+)
+
+log = logging.getLogger(__name__)
+
+# Bytes handed to the hashing and writing threads at a time: large enough that thread hand-offs
+# cost little, small enough to keep memory flat while one buffer is received and one absorbed.
+INGEST_BUFFER = 1024 * 1024
+# Below this, hashing on the event loop is cheaper than a thread hand-off.
+INLINE_HASH_LIMIT = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+    status: str
+    created_at: datetime
+    last_used_at: datetime
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "ok"
+
+
+class CorruptBlob(CasdError):
+    """The stored bytes do not match their digest; the blob was quarantined."""
+
+    status, code, title = 410, "blob-quarantined", "Blob quarantined"
+
+
+class BlobService:
+    def __init__(self, db: Database, store: BlobStore, max_blob_size: int | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.max_blob_size = max_blob_size
+
+    def check_announced_size(self, size: int | None) -> None:
+        if size is not None and self.max_blob_size is not None and size > self.max_blob_size:
+            raise PayloadTooLarge(f"blobs larger than {self.max_blob_size} bytes are refused")
+
+    async def ingest(
+        self,
+        chunks: AsyncIterable[bytes],
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+    ) -> tuple[Blob, bool]:
+        """Store a stream of bytes; return the blob and whether it is new."""
+        self.check_announced_size(expected_size)
+        async with self.store.staging() as staged:
+            hasher = new_hasher()
+            await self._absorb_stream(chunks, hasher, staged)
+            if expected_size is not None and staged.size != expected_size:
+                raise IncompleteBody(
+                    f"received {staged.size} of {expected_size} announced bytes; nothing stored"
+                )
+            digest = format_digest(hasher)
+            if expected_digest is not None and digest != expected_digest:
+                raise DigestMismatch(f"the body hashes to {digest}, not {expected_digest}")
+            await staged.finish()
+            created = await self.publish(staged, digest)
+            return Blob(digest, staged.size), created
+
+    async def _absorb_stream(
+        self, chunks: AsyncIterable[bytes], hasher: blake3.blake3, staged: StagedBlob
+    ) -> None:
+        """Receive the next buffer while the previous one is hashed and written."""
+        pending: asyncio.Future[None] | None = None
+        received = 0
+        try:
+            async for buffer in coalesce(chunks, INGEST_BUFFER):
+                received += len(buffer)
+                self.check_announced_size(received)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(_absorb(buffer, hasher, staged))
+            if pending is not None:
+                await pending
+        finally:
+            # Never leave a thread writing to a staging file that is about to be removed.
+            if pending is not None and not pending.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+
+    async def publish(self, staged: StagedBlob, digest: str) -> bool:
+        """Move verified, durable bytes under their digest and record them; True if new."""
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_shared", lock_key(digest))
+            await self.store.publish(staged, digest)
+            created: bool = await tx.fetchval("upsert_blob", digest, staged.size)
+        return created
+
+    async def info(self, digest: str) -> BlobInfo | None:
+        row = await self.db.fetchrow("get_blob", digest)
+        if row is None:
+            return None
+        return BlobInfo(
+            row["digest"], row["size"], row["status"], row["created_at"], row["last_used_at"]
+        )
+
+    async def readable(self, digest: str) -> BlobInfo:
+        """The blob's info if it can be served, else the error a client should see."""
+        info = await self.info(digest)
+        if info is None or info.status == "missing":
+            raise BlobNotFound(f"no blob {digest}")
+        if info.status == "quarantined":
+            raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
+        return info
+
+    async def stored(self, digest: str) -> BlobInfo | None:
+        """The blob's info if it is stored and healthy, counting this as a use of it."""
+        info = await self.info(digest)
+        if info is None or not info.healthy:
+            return None
+        await self.db.execute("touch_blob", digest)
+        return info
+
+    async def read_verified(self, info: BlobInfo) -> AsyncIterator[bytes]:
+        """The blob's bytes, hashed as they go; the last chunk is held back until the hash is
+        known, so a corrupt blob never reaches a client complete. Raises :class:`CorruptBlob`
+        (after quarantining it) instead of yielding that last chunk."""
+        hasher = new_hasher()
+        held: bytes | None = None
+        size = 0
+        async for chunk in self.store.read(info.digest):
+            await _hash(chunk, hasher)
+            size += len(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        if size != info.size or format_digest(hasher) != info.digest:
+            await self.quarantine(info.digest, reason="content does not match digest on read")
+            raise CorruptBlob(f"blob {info.digest} is corrupt on disk")
+        if held is not None:
+            yield held
+
+    async def read_range(self, info: BlobInfo, start: int, end: int) -> AsyncIterator[bytes]:
+        async for chunk in self.store.read(info.digest, start, end):
+            yield chunk
+
+    async def quarantine(self, digest: str, *, reason: str) -> None:
+        log.warning("quarantining %s: %s", digest, reason)
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_exclusive", lock_key(digest))
+            await self.store.quarantine(digest)
+            await tx.execute("set_blob_status", digest, "quarantined")
+
+    async def put_bytes(self, data: bytes) -> tuple[Blob, bool]:
+        """Store a small in-memory blob (tests, tools)."""
+
+        async def one_chunk() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.ingest(one_chunk(), digest_of(data), len(data))
+
+
+async def coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Regroup a stream of small chunks into buffers of at least ``size`` bytes."""
+    parts: list[bytes] = []
+    gathered = 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        gathered += len(chunk)
+        if gathered >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, gathered = [], 0
+    if parts:
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _hash(data: bytes, hasher: blake3.blake3) -> None:
+    if len(data) <= INLINE_HASH_LIMIT:
+        hasher.update(data)
+    else:
+        await asyncio.to_thread(hasher.update, data)
+
+
+async def _absorb(data: bytes, hasher: blake3.blake3, staged: StagedBlob) -> None:
+    """Hash and write one buffer at once, on two threads (blake3 and write release the GIL)."""
+    if len(data) <= INLINE_HASH_LIMIT:
+        hasher.update(data)
+        await staged.write(data)
+    else:
+        await asyncio.gather(asyncio.to_thread(hasher.update, data), staged.write(data))

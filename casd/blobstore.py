@@ -1,0 +1,236 @@
+"""Blob stores: where the bytes live.
+
+:class:`BlobStore` is the whole contract a backend fulfils (a local directory today, S3 later);
+nothing outside this module knows which backend it has. A write goes to a private staging
+object, is made durable, and only then appears under its digest, atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from casd.digests import blob_relpath, hex_of
+from casd.errors import InsufficientStorage, Unavailable
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1024 * 1024
+
+
+class StagedBlob(Protocol):
+    """Bytes being written; invisible to readers until published."""
+
+    size: int
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def finish(self) -> None:
+        """Make the written bytes durable (before publishing)."""
+        ...
+
+
+class BlobStore(Protocol):
+    def staging(self) -> contextlib.AbstractAsyncContextManager[StagedBlob]:
+        """A new private staging object, removed on exit unless it was published."""
+        ...
+
+    async def publish(self, staged: StagedBlob, digest: str) -> None:
+        """Make finished ``staged`` bytes visible as ``digest`` (the caller verified the hash)."""
+        ...
+
+    async def exists(self, digest: str) -> bool: ...
+
+    async def size(self, digest: str) -> int | None: ...
+
+    def read(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start``..``end`` (exclusive) of a blob, in chunks."""
+        ...
+
+    async def delete(self, digest: str) -> bool: ...
+
+    async def quarantine(self, digest: str) -> bool:
+        """Move a blob out of its path, kept aside for inspection."""
+        ...
+
+    def digests(self) -> Iterator[str]:
+        """Every digest with stored bytes (blocking: run it in a thread)."""
+        ...
+
+    async def check(self) -> None:
+        """Raise :class:`Unavailable` unless the store answers."""
+        ...
+
+    async def cleanup_stale_staging(self) -> int: ...
+
+
+def _storage_error(error: OSError) -> Exception:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientStorage()
+    return Unavailable(f"blob store error: {error.strerror}")
+
+
+class LocalStagedBlob:
+    """A staging file, locked with flock for as long as its writer lives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.published = False
+        self._file: BinaryIO = path.open("xb")
+        # The lock tells the stale-staging sweep of any process that this file is alive.
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self.write_blocking, data)
+
+    def write_blocking(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as error:
+            raise _storage_error(error) from error
+        self.size += len(data)
+
+    async def finish(self) -> None:
+        await asyncio.to_thread(self.make_durable)
+
+    def make_durable(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise _storage_error(error) from error
+
+    def discard(self) -> None:
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self._file.close()
+
+
+class LocalBlobStore:
+    """Blobs as files: ``<root>/blake3/<hex[0:2]>/<hex>``, staged in a sibling directory."""
+
+    def __init__(self, root: Path, staging_dir: Path, quarantine_dir: Path) -> None:
+        self.root = root
+        self.staging_dir = staging_dir
+        self.quarantine_dir = quarantine_dir
+        for directory in (root, staging_dir, quarantine_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, digest: str) -> Path:
+        return self.root / blob_relpath(digest)
+
+    @contextlib.asynccontextmanager
+    async def staging(self) -> AsyncIterator[LocalStagedBlob]:
+        try:
+            staged = LocalStagedBlob(self.staging_dir / f"{uuid.uuid4().hex}.part")
+        except OSError as error:
+            raise _storage_error(error) from error
+        try:
+            yield staged
+        finally:
+            # Runs on errors and on cancellation (a client that went away) alike.
+            await asyncio.shield(asyncio.to_thread(staged.discard))
+
+    async def publish(self, staged: StagedBlob, digest: str) -> None:
+        assert isinstance(staged, LocalStagedBlob)
+        await asyncio.to_thread(self._publish_blocking, staged, self.path_of(digest))
+
+    def _publish_blocking(self, staged: LocalStagedBlob, target: Path) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Identical bytes may already be there (a concurrent upload of the same content);
+            # replacing them with verified identical bytes is harmless and atomic.
+            staged.path.replace(target)
+            staged.published = True
+            _fsync_directory(target.parent)
+        except OSError as error:
+            raise _storage_error(error) from error
+
+    async def exists(self, digest: str) -> bool:
+        return await asyncio.to_thread(self.path_of(digest).is_file)
+
+    async def size(self, digest: str) -> int | None:
+        try:
+            stat = await asyncio.to_thread(self.path_of(digest).stat)
+        except FileNotFoundError:
+            return None
+        return stat.st_size
+
+    async def read(
+        self, digest: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        file = await asyncio.to_thread(self.path_of(digest).open, "rb")
+        try:
+            await asyncio.to_thread(file.seek, start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(file.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            file.close()
+
+    async def delete(self, digest: str) -> bool:
+        try:
+            await asyncio.to_thread(self.path_of(digest).unlink)
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def quarantine(self, digest: str) -> bool:
+        target = self.quarantine_dir / f"{hex_of(digest)}.{uuid.uuid4().hex[:8]}"
+        try:
+            await asyncio.to_thread(self.path_of(digest).replace, target)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[str]:
+        for fanout in sorted(self.root.glob("blake3/*")):
+            for path in sorted(fanout.iterdir()):
+                yield f"blake3:{path.name}"
+
+    async def check(self) -> None:
+        ok = await asyncio.to_thread(os.access, self.root, os.W_OK | os.X_OK)
+        if not ok:
+            raise Unavailable("blob store directory is not writable")
+
+    async def cleanup_stale_staging(self) -> int:
+        return await asyncio.to_thread(self._cleanup_stale_staging_blocking)
+
+    def _cleanup_stale_staging_blocking(self) -> int:
+        """Remove staging files that no live writer holds a lock on (left by a crash)."""
+        removed = 0
+        for path in self.staging_dir.iterdir():
+            try:
+                with path.open("rb") as file:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                    removed += 1
+            except (BlockingIOError, FileNotFoundError):
+                continue
+        if removed:
+            log.info("removed %d stale staging files", removed)
+        return removed
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

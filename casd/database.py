@@ -1,0 +1,139 @@
+"""PostgreSQL access: a pool, named queries, migrations, and driver errors made domain errors.
+
+The rest of casd speaks only in query names (``await db.fetchrow("insert_blob", ...)``);
+this is the one place where asyncpg exceptions are translated to :mod:`casd.errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from casd import sqlfiles
+from casd.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A constant key for the session advisory lock that serialises migrations across processes.
+MIGRATION_LOCK_KEY = 0x6361_7364_6D69_67  # "casdmig"
+
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Any:
+    try:
+        yield
+    except _CONNECTION_ERRORS as error:
+        raise Unavailable(f"database unavailable: {type(error).__name__}") from error
+
+
+class Queries:
+    """Named queries run on one connection (or on the pool)."""
+
+    def __init__(self, executor: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy) -> None:
+        self._executor = executor
+
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
+        with _translated_errors():
+            return await method(*args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._call(self._executor.fetch, sqlfiles.queries()[query], *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self._call(self._executor.fetchrow, sqlfiles.queries()[query], *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._call(self._executor.fetchval, sqlfiles.queries()[query], *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self._call(self._executor.execute, sqlfiles.queries()[query], *args)
+
+
+class Database(Queries):
+    """The connection pool of one casd process."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, max_size: int = 20) -> Database:
+        with _translated_errors():
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+            )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Queries]:
+        """Run named queries in one transaction on one connection."""
+        with _translated_errors():
+            async with self.pool.acquire() as connection, connection.transaction():
+                yield Queries(connection)
+
+    async def ping(self) -> None:
+        await self.fetchval("ping")
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # JSON in, JSON out: metadata columns are jsonb and appear as Python dicts.
+    import json
+
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def migrate(url: str) -> list[int]:
+    """Apply the migrations that are not yet recorded; return the versions applied.
+
+    A session advisory lock on a dedicated connection keeps two servers that start at once
+    from migrating concurrently: the second waits, then finds nothing left to do.
+    """
+    with _translated_errors():
+        connection = await asyncpg.connect(url)
+    try:
+        named = sqlfiles.queries()
+        await connection.execute(named["lock_migrations"], MIGRATION_LOCK_KEY)
+        try:
+            return await _apply_missing(connection)
+        finally:
+            await connection.execute(named["unlock_migrations"], MIGRATION_LOCK_KEY)
+    finally:
+        await connection.close()
+
+
+async def _apply_missing(connection: asyncpg.Connection) -> list[int]:
+    named = sqlfiles.queries()
+    await connection.execute(named["create_migrations_table"])
+    done = {row["version"] for row in await connection.fetch(named["applied_migrations"])}
+    applied = []
+    for migration in sqlfiles.migrations():
+        if migration.version in done:
+            continue
+        log.info("applying migration %04d_%s", migration.version, migration.name)
+        async with connection.transaction():
+            await connection.execute(migration.sql)
+            await connection.execute(named["record_migration"], migration.version, migration.name)
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,48 @@
+"""BLAKE3 digests: parsing, computing, and the one function that maps a digest to a path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+import blake3
+
+from casd.errors import InvalidDigest
+
+ALGORITHM = "blake3"
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+
+
+def parse_digest(text: str) -> str:
+    """Return ``text`` if it is a well-formed digest, else raise :class:`InvalidDigest`."""
+    if not _DIGEST.fullmatch(text):
+        raise InvalidDigest(f"{text[:100]!r} is not 'blake3:' followed by 64 lowercase hex digits")
+    return text
+
+
+def hex_of(digest: str) -> str:
+    return digest.partition(":")[2]
+
+
+def blob_relpath(digest: str) -> PurePosixPath:
+    """``blake3/<hex[0:2]>/<hex>``: where a blob lives below the store's root."""
+    hexdigest = hex_of(parse_digest(digest))
+    return PurePosixPath(ALGORITHM, hexdigest[:2], hexdigest)
+
+
+def new_hasher() -> blake3.blake3:
+    # One thread per hash: the server overlaps many streams, so each stays on one core.
+    return blake3.blake3()
+
+
+def format_digest(hasher: blake3.blake3) -> str:
+    return f"{ALGORITHM}:{hasher.hexdigest()}"
+
+
+def digest_of(data: bytes) -> str:
+    return f"{ALGORITHM}:{blake3.blake3(data).hexdigest()}"
+
+
+def lock_key(digest: str) -> int:
+    """A signed 64-bit advisory-lock key for one blob, the same in every process."""
+    return int.from_bytes(bytes.fromhex(hex_of(digest)[:16]), "big", signed=True)

