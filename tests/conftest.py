@@ -205,6 +205,15 @@ def server(casd_server_factory: ServerFactory) -> CasdServer:
     return casd_server_factory()
 
 
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[CasdServer]:
+    """One server shared by the tests of a module that do not disturb each other."""
+    directory = tmp_path_factory.mktemp("module") / "data"
+    server = CasdServer(directory, create_database(postgres_url)).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
