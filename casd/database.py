@@ -24,14 +24,17 @@ T = TypeVar("T")
 # A constant key for the session advisory lock that serialises migrations across processes.
 MIGRATION_LOCK_KEY = 0x6361_7364_6D69_67  # "casdmig"
 
+# Everything that means "the database is not answering" (down, restarting, refusing
+# connections, connection lost mid-query), as opposed to an error in a statement.
 _CONNECTION_ERRORS = (
     OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    TimeoutError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # "database does not allow connections"
 )
 
 

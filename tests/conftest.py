@@ -206,7 +206,9 @@ def server(casd_server_factory: ServerFactory) -> CasdServer:
 
 
 @pytest.fixture(scope="module")
-def module_server(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[CasdServer]:
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[CasdServer]:
     """One server shared by the tests of a module that do not disturb each other."""
     directory = tmp_path_factory.mktemp("module") / "data"
     server = CasdServer(directory, create_database(postgres_url)).start()
