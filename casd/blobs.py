@@ -138,6 +138,16 @@ class BlobService:
             raise BlobNotFound(f"no blob {digest}")
         if info.status == "quarantined":
             raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
+        # Check the bytes are there before any response header goes out (scrub marks rows
+        # whose file vanished as missing; here we only refuse to serve them).
+        size_on_disk = await self.store.size(digest)
+        if size_on_disk is None:
+            raise BlobNotFound(f"the bytes of blob {digest} are missing from the store")
+        if size_on_disk != info.size:
+            await self.quarantine(
+                digest, reason=f"{size_on_disk} bytes stored, {info.size} expected"
+            )
+            raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
         return info
 
     async def stored(self, digest: str) -> BlobInfo | None:

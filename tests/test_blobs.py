@@ -500,6 +500,12 @@ async def test_readyz_reports_a_lost_database(
         async with http.get(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
             assert response.status == 503
             assert (await problem_of(response))["code"] == "unavailable"
+        async with http.put(
+            f"{server.url}/v1/blobs/{digest_of(data)}", data=data, headers=server.admin_headers
+        ) as response:
+            assert response.status == 503
+            assert (await problem_of(response))["code"] == "unavailable"
+        assert staging_files(server) == [] and blob_files(server) == []
         async with http.get(f"{server.url}/healthz") as response:
             assert response.status == 200
         await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
@@ -512,3 +518,28 @@ async def test_readyz_reports_a_lost_database(
     finally:
         await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_blob_whose_file_vanished_is_not_served(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(10_000)
+    await put_blob(http, module_server.url, module_server.admin_token, data)
+    blob_path(module_server.data_dir, digest_of(data)).unlink()
+    async with http.get(f"{module_server.url}/v1/blobs/{digest_of(data)}") as response:
+        assert response.status == 404
+        assert (await problem_of(response))["code"] == "blob-not-found"
+
+
+async def test_blob_whose_file_shrank_is_quarantined(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(10_000)
+    await put_blob(http, module_server.url, module_server.admin_token, data)
+    path = blob_path(module_server.data_dir, digest_of(data))
+    path.write_bytes(data[:5000])
+    for _ in range(2):
+        async with http.get(f"{module_server.url}/v1/blobs/{digest_of(data)}") as response:
+            assert response.status == 410
+            assert (await problem_of(response))["code"] == "blob-quarantined"
+    assert not path.exists()
