@@ -14,8 +14,8 @@ serve: $(VENV)/.installed
 	$(BIN)/casd serve
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check casd tests bench
-	$(BIN)/ruff format --check casd tests bench
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
 test: lint
