@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from casd.database import Database, Queries
-from casd.errors import Forbidden, Unauthorized
+from casd.errors import Forbidden, InvalidName, Unauthorized
+from casd.names import validate_name
 
 SECRET_PREFIX = "casd_"
 
@@ -47,6 +48,16 @@ def normalize_prefix(prefix: str) -> str:
     return prefix.strip("/")
 
 
+def valid_prefix(prefix: str) -> str:
+    """A write prefix as stored: '' (every name) or a valid name, without surrounding slashes."""
+    normalized = normalize_prefix(prefix)
+    if normalized:
+        return validate_name(normalized)
+    if prefix:
+        raise InvalidName(f"{prefix!r} would cover every name; give '' for that on purpose")
+    return normalized
+
+
 def prefix_covers(prefix: str, name: str) -> bool:
     prefix = normalize_prefix(prefix)
     return prefix == "" or name == prefix or name.startswith(prefix + "/")
@@ -75,7 +86,7 @@ class TokenStore:
     ) -> tuple[Token, str]:
         """A new token and its secret (the only time the secret exists outside the client)."""
         secret = new_secret()
-        prefixes = [normalize_prefix(prefix) for prefix in write_prefixes]
+        prefixes = [valid_prefix(prefix) for prefix in write_prefixes]
         row = await (queries or self.db).fetchrow(
             "insert_token", label, hash_secret(secret), prefixes
         )

@@ -133,6 +133,11 @@ class Unauthorized(CasdError):
 
     status, code, title = 401, "unauthorized", "Unauthorized"
 
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        # RFC 9110: a 401 names the authentication scheme it wants.
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="casd"')
+
 
 class Forbidden(CasdError):
     """The token may not write here."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import uvloop
 from aiohttp import web
 
+from casd import redact
 from casd.auth import TokenStore
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
@@ -29,6 +30,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
     )
+    redact.install()  # no token ever reaches the log, whoever logs it
 
 
 @contextlib.contextmanager

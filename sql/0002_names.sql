@@ -1,7 +1,9 @@
 -- Names map to blob digests. The foreign key makes "a name points at a blob row that is gone"
--- impossible: the collector can only delete blob rows that no name references.
+-- impossible: the collector can only delete blob rows that no name references. Names are ASCII
+-- and ordered bytewise (C collation) whatever the database's locale, so listings and prefix
+-- ranges are the same everywhere and use the primary key.
 CREATE TABLE names (
-    name       text PRIMARY KEY,
+    name       text COLLATE "C" PRIMARY KEY,
     digest     text NOT NULL REFERENCES blobs (digest) ON DELETE RESTRICT,
     version    bigint NOT NULL CHECK (version >= 1),
     metadata   jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(metadata) = 'object'),

@@ -11,7 +11,10 @@ from casd import metrics
 
 
 def route_of(request: web.BaseRequest) -> str:
-    match_info = getattr(request, "match_info", None)
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:  # a request the HTTP parser refused never reached the router
+        return "unmatched"
     route = getattr(match_info, "route", None)
     resource = getattr(route, "resource", None)
     canonical: str | None = getattr(resource, "canonical", None)

@@ -1,0 +1,204 @@
+"""Name endpoints: ``/v1/names``, ``/v1/names/{name}`` and ``/v1/history/{name}``."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from aiohttp import web
+
+from casd.auth import require_write
+from casd.digests import parse_digest
+from casd.errors import InvalidDigest, InvalidRequest, PayloadTooLarge, PreconditionRequired
+from casd.http.context import request_token, require_reader, services
+from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
+
+# A name's body is a digest and a little metadata; nothing legitimate comes near this.
+MAX_BODY = 256 * 1024
+# RFC 9110 entity tags as casd writes them: a version in quotes, maybe marked weak.
+_ENTITY_TAG = re.compile(r'(W/)?"([0-9]{1,19})"')
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_BODY_MEMBERS = {"digest", "metadata"}
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/names", list_names)
+    app.router.add_get("/v1/names/{name:.+}", get_name)
+    app.router.add_put("/v1/names/{name:.+}", put_name)
+    app.router.add_delete("/v1/names/{name:.+}", delete_name)
+    app.router.add_get("/v1/history/{name:.+}", get_history)
+
+
+def names_of(request: web.Request) -> NameService:
+    return NameService(services(request).db)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def record_response(record: NameRecord, status: int = 200) -> web.Response:
+    headers = {"ETag": etag(record.version), "Cache-Control": "no-cache"}
+    if status == 201:
+        headers["Location"] = f"/v1/names/{record.name}"
+    return web.json_response(record.as_dict(), status=status, headers=headers)
+
+
+async def get_name(request: web.Request) -> web.Response:
+    await require_reader(request)
+    record = await names_of(request).get(request.match_info["name"])
+    if _none_match(request, record.version):
+        return web.Response(
+            status=304, headers={"ETag": etag(record.version), "Cache-Control": "no-cache"}
+        )
+    return record_response(record)
+
+
+async def put_name(request: web.Request) -> web.Response:
+    name = validate_name(request.match_info["name"])
+    token = require_write(await request_token(request), name)
+    expected = write_precondition(request, may_create=True)
+    digest, metadata = parse_put_body(await read_json(request))
+    record, created = await names_of(request).put(name, digest, metadata, expected, token.actor)
+    return record_response(record, status=201 if created else 200)
+
+
+async def delete_name(request: web.Request) -> web.Response:
+    name = validate_name(request.match_info["name"])
+    token = require_write(await request_token(request), name)
+    expected = write_precondition(request, may_create=False)
+    await names_of(request).delete(name, expected, token.actor)
+    return web.Response(status=204)
+
+
+async def list_names(request: web.Request) -> web.Response:
+    await require_reader(request)
+    query = request.query
+    records, following = await names_of(request).listing(
+        prefix=query.get("prefix", ""),
+        after=query.get("after", ""),
+        limit=number_param(request, "limit") or DEFAULT_PAGE,
+    )
+    body = {"names": [record.as_dict() for record in records], "next": following}
+    return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+async def get_history(request: web.Request) -> web.Response:
+    await require_reader(request)
+    entries, following = await names_of(request).history(
+        request.match_info["name"],
+        before=number_param(request, "before"),
+        limit=number_param(request, "limit") or DEFAULT_PAGE,
+    )
+    body = {"history": [entry.as_dict() for entry in entries], "next": following}
+    return web.json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+def number_param(request: web.Request, key: str) -> int | None:
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    if not _NUMBER.fullmatch(raw):
+        raise InvalidRequest(f"{key} must be a whole number, not {raw[:40]!r}")
+    value = int(raw)
+    if value == 0:
+        raise InvalidRequest(f"{key} must be at least 1")
+    return value
+
+
+def write_precondition(request: web.Request, *, may_create: bool) -> Precondition:
+    """The precondition of a PUT (``If-None-Match: *`` or ``If-Match``) or a DELETE
+    (``If-Match``); a write without one is refused, so no client overwrites blindly."""
+    if_match = _joined(request, "If-Match")
+    if_none_match = _joined(request, "If-None-Match")
+    if if_none_match is not None:
+        if if_match is not None or not may_create or if_none_match.strip() != "*":
+            raise InvalidRequest(
+                "send 'If-None-Match: *' alone to create a name, or 'If-Match' to change one"
+                if may_create
+                else "a DELETE needs 'If-Match: \"<version>\"'"
+            )
+        return Precondition.create()
+    if if_match is None:
+        raise PreconditionRequired(
+            "send 'If-None-Match: *' to create the name or 'If-Match: \"<version>\"' to change it"
+            if may_create
+            else "send 'If-Match: \"<version>\"' to delete the name"
+        )
+    return Precondition.match(parse_if_match(if_match))
+
+
+def _joined(request: web.Request, header: str) -> str | None:
+    values = request.headers.getall(header, [])
+    return ", ".join(values) if values else None
+
+
+def parse_if_match(header: str) -> frozenset[int] | None:
+    """The versions an ``If-Match`` names; None for ``*`` (any version). Weak tags are
+    accepted but never match: RFC 9110 demands the strong comparison for ``If-Match``."""
+    if header.strip() == "*":
+        return None
+    versions = set()
+    items = [item.strip() for item in header.split(",") if item.strip()]
+    for item in items:
+        match = _ENTITY_TAG.fullmatch(item)
+        if match is None:
+            raise InvalidRequest(f"If-Match takes quoted versions like '\"3\"', not {item[:40]!r}")
+        if not match.group(1):
+            versions.add(int(match.group(2)))
+    if not items:
+        raise InvalidRequest("If-Match is empty")
+    return frozenset(versions)
+
+
+def _none_match(request: web.Request, version: int) -> bool:
+    header = _joined(request, "If-None-Match")
+    if header is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or etag(version) in tags
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON, at most :data:`MAX_BODY` bytes of it."""
+    if (request.content_length or 0) > MAX_BODY:
+        raise PayloadTooLarge(f"a name's body is at most {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise PayloadTooLarge(f"a name's body is at most {MAX_BODY} bytes")
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequest(f"the body is not valid JSON: {str(error)[:200]}") from error
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
+def parse_put_body(body: Any) -> tuple[str, dict[str, Any] | None]:
+    """``(digest, metadata)`` of ``{"digest": ..., "metadata": {...}}``; metadata None if absent."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object: {"digest": ..., "metadata": {...}}')
+    unknown = body.keys() - _BODY_MEMBERS
+    if unknown:
+        listed = ", ".join(repr(member[:40]) for member in sorted(unknown)[:5])
+        raise InvalidRequest(f"unknown members {listed}; a name's body has digest and metadata")
+    digest = body.get("digest")
+    if not isinstance(digest, str):
+        raise InvalidDigest("the body needs a 'digest': 'blake3:' and 64 lowercase hex digits")
+    metadata = body.get("metadata")
+    if "metadata" in body and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be a JSON object")
+    return parse_digest(digest), metadata
