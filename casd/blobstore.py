@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from casd.digests import blob_relpath, hex_of
 from casd.errors import InsufficientStorage, Unavailable
@@ -71,6 +71,23 @@ class BlobStore(Protocol):
 
     async def cleanup_stale_staging(self) -> int: ...
 
+    # Resumable staging: bytes of an upload that arrive over several requests, by upload key.
+    def resumable(self, key: str, size: int) -> contextlib.AbstractAsyncContextManager[StagedBlob]:
+        """Resumable staging object ``key`` open for appending, kept on exit unless published:
+        created empty if new, else cut back to its first ``size`` bytes (the part known to be
+        durable). Raises FileNotFoundError if fewer than ``size`` bytes are staged."""
+        ...
+
+    def read_resumable(self, key: str, end: int) -> AsyncIterator[bytes]:
+        """The first ``end`` bytes of resumable staging object ``key``, in chunks."""
+        ...
+
+    async def delete_resumable(self, key: str) -> None: ...
+
+    def resumable_keys(self) -> Iterator[str]:
+        """The key of every resumable staging object (blocking: run it in a thread)."""
+        ...
+
 
 def _storage_error(error: OSError) -> Exception:
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -81,13 +98,17 @@ def _storage_error(error: OSError) -> Exception:
 class LocalStagedBlob:
     """A staging file, locked with flock for as long as its writer lives."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mode: str = "xb") -> None:
         self.path = path
         self.size = 0
         self.published = False
-        self._file: BinaryIO = path.open("xb")
+        self._file = cast(BinaryIO, path.open(mode))
         # The lock tells the stale-staging sweep of any process that this file is alive.
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            self._file.close()
+            raise
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self.write_blocking, data)
@@ -115,15 +136,42 @@ class LocalStagedBlob:
                 self.path.unlink()
         self._file.close()
 
+    @classmethod
+    def reopen(cls, path: Path, size: int) -> LocalStagedBlob:
+        """A resumable staging file, cut back to ``size`` bytes and open for appending."""
+        created = not path.exists()
+        try:
+            staged = cls(path, "ab")
+        except BlockingIOError as error:
+            raise Unavailable("another request still writes to this upload") from error
+        try:
+            if created:
+                _fsync_directory(path.parent)  # the file must outlive a crash like its bytes
+            if os.fstat(staged._file.fileno()).st_size < size:
+                raise FileNotFoundError(f"{path} holds fewer than {size} bytes")
+            # Bytes past the recorded size may not be durable: they are written again.
+            os.ftruncate(staged._file.fileno(), size)
+        except BaseException:
+            staged._file.close()
+            raise
+        staged.size = size
+        return staged
+
+    def close(self) -> None:
+        self._file.close()
+
 
 class LocalBlobStore:
     """Blobs as files: ``<root>/blake3/<hex[0:2]>/<hex>``, staged in a sibling directory."""
 
-    def __init__(self, root: Path, staging_dir: Path, quarantine_dir: Path) -> None:
+    def __init__(
+        self, root: Path, staging_dir: Path, quarantine_dir: Path, uploads_dir: Path | None = None
+    ) -> None:
         self.root = root
         self.staging_dir = staging_dir
         self.quarantine_dir = quarantine_dir
-        for directory in (root, staging_dir, quarantine_dir):
+        self.uploads_dir = uploads_dir or staging_dir.with_name("uploads")
+        for directory in (root, staging_dir, quarantine_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, digest: str) -> Path:
@@ -226,6 +274,46 @@ class LocalBlobStore:
         if removed:
             log.info("removed %d stale staging files", removed)
         return removed
+
+    def _resumable_path(self, key: str) -> Path:
+        if not key.isalnum():
+            raise ValueError(f"not a resumable staging key: {key!r}")
+        return self.uploads_dir / key
+
+    @contextlib.asynccontextmanager
+    async def resumable(self, key: str, size: int) -> AsyncIterator[LocalStagedBlob]:
+        path = self._resumable_path(key)
+        try:
+            staged = await asyncio.to_thread(LocalStagedBlob.reopen, path, size)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise _storage_error(error) from error
+        try:
+            yield staged
+        finally:
+            await asyncio.shield(asyncio.to_thread(staged.close))
+
+    async def read_resumable(self, key: str, end: int) -> AsyncIterator[bytes]:
+        file = await asyncio.to_thread(self._resumable_path(key).open, "rb")
+        try:
+            remaining = end
+            while remaining > 0:
+                chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, remaining))
+                if not chunk:
+                    raise FileNotFoundError(f"upload {key} holds fewer than {end} bytes")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            file.close()
+
+    async def delete_resumable(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self._resumable_path(key).unlink)
+
+    def resumable_keys(self) -> Iterator[str]:
+        for path in self.uploads_dir.iterdir():
+            yield path.name
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -72,9 +72,10 @@ class Queries:
 class Database(Queries):
     """The connection pool of one casd process."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str | None = None) -> None:
         super().__init__(pool)
         self.pool = pool
+        self.url = url
 
     @classmethod
     async def connect(cls, url: str, *, max_size: int = 20) -> Database:
@@ -82,10 +83,17 @@ class Database(Queries):
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
             )
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def connect_dedicated(self) -> asyncpg.Connection:
+        """A connection outside the pool, for LISTEN and session locks held for long."""
+        with _translated_errors():
+            connection = await asyncpg.connect(self.url)
+        await _init_connection(connection)
+        return connection
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:

@@ -13,7 +13,7 @@ from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.http import blobs, names, ops
+from casd.http import blobs, names, ops, uploads
 from casd.http.context import SERVICES, Services
 from casd.http.problems import problem_middleware
 
@@ -40,6 +40,6 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         await db.close()
 
     app.cleanup_ctx.append(services_ctx)
-    for module in (blobs, names, ops):
+    for module in (blobs, names, ops, uploads):
         module.setup_routes(app)
     return app

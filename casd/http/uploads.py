@@ -1,0 +1,153 @@
+"""Resumable upload endpoints: ``/v1/uploads`` and ``/v1/uploads/{id}``.
+
+Header names and values follow the IETF draft "Resumable Uploads for HTTP": ``Upload-Offset``,
+``Upload-Length``, ``Upload-Complete`` (a structured boolean, ``?0``/``?1``); ``Casd-Digest``
+names the digest the finished upload must have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from casd.auth import Token, require_upload
+from casd.blobs import Blob
+from casd.digests import parse_digest
+from casd.errors import InvalidRequest
+from casd.http.blobs import content_length, defer_expect, send_continue, stored_response
+from casd.http.context import SERVICES, request_token
+from casd.uploads import Append, RequestBody, UploadService, UploadStatus
+
+UPLOADS = web.AppKey("uploads", UploadService)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.cleanup_ctx.append(uploads_ctx)
+    app.on_shutdown.append(end_writers)
+    app.router.add_post("/v1/uploads", post_upload, expect_handler=defer_expect)
+    app.router.add_route("HEAD", "/v1/uploads/{upload_id}", head_upload)
+    app.router.add_route(
+        "PATCH", "/v1/uploads/{upload_id}", patch_upload, expect_handler=defer_expect
+    )
+    app.router.add_delete("/v1/uploads/{upload_id}", delete_upload)
+
+
+async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
+    context = app[SERVICES]
+    uploads = UploadService(context.db, context.store, context.blobs, context.settings.upload_ttl)
+    await uploads.start()
+    app[UPLOADS] = uploads
+    yield
+    await uploads.close()
+
+
+async def end_writers(app: web.Application) -> None:
+    """On shutdown, end the requests still writing: each records the bytes it received."""
+    app[UPLOADS].shutdown()
+
+
+def request_body(request: web.Request) -> RequestBody:
+    async def accept() -> None:
+        await send_continue(request)
+
+    return RequestBody(
+        chunks=request.content.iter_any(),
+        size=content_length(request),
+        interrupt=request.content.set_exception,
+        accept=accept,
+    )
+
+
+def header_int(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not raw.isascii():
+        raise InvalidRequest(f"{name} {raw[:40]!r} is not a non-negative integer")
+    return int(raw)
+
+
+def upload_complete(request: web.Request) -> bool:
+    """``Upload-Complete`` is a structured-field boolean; absent means more is to come."""
+    raw = request.headers.get("Upload-Complete", "?0").strip()
+    if raw not in ("?0", "?1"):
+        raise InvalidRequest(f"Upload-Complete must be ?0 or ?1, not {raw[:40]!r}")
+    return raw == "?1"
+
+
+def append_request(request: web.Request, *, offset: int) -> Append:
+    digest = request.headers.get("Casd-Digest")
+    return Append(
+        offset=offset,
+        complete=upload_complete(request),
+        length=header_int(request, "Upload-Length"),
+        digest=None if digest is None else parse_digest(digest.strip()),
+    )
+
+
+def upload_id_of(request: web.Request) -> str:
+    upload_id = request.match_info["upload_id"]
+    if not upload_id.isalnum() or not upload_id.isascii() or len(upload_id) > 64:
+        raise InvalidRequest(f"{upload_id[:70]!r} is not an upload id")
+    return upload_id
+
+
+def status_headers(status: UploadStatus) -> dict[str, str]:
+    headers = {
+        "Upload-Offset": str(status.offset),
+        "Upload-Complete": "?0",
+        "Cache-Control": "no-store",
+    }
+    if status.length is not None:
+        headers["Upload-Length"] = str(status.length)
+    return headers
+
+
+def answer(outcome: UploadStatus | Blob, *, created: bool) -> web.Response:
+    """201 with the blob when the upload is complete, else the upload's offset."""
+    if isinstance(outcome, Blob):
+        return stored_response(outcome, created=True)
+    headers = status_headers(outcome)
+    if created:
+        headers["Location"] = f"/v1/uploads/{outcome.id}"
+        return web.Response(status=201, headers=headers)
+    return web.Response(status=204, headers=headers)
+
+
+async def uploader(request: web.Request) -> Token:
+    return require_upload(await request_token(request))
+
+
+async def post_upload(request: web.Request) -> web.StreamResponse:
+    token = await uploader(request)
+    outcome = await request.app[UPLOADS].create(
+        token, append_request(request, offset=0), request_body(request)
+    )
+    return answer(outcome, created=True)
+
+
+async def head_upload(request: web.Request) -> web.StreamResponse:
+    upload_id = upload_id_of(request)
+    token = await uploader(request)
+    status = await request.app[UPLOADS].status(upload_id, token)
+    return web.Response(status=204, headers=status_headers(status))
+
+
+async def patch_upload(request: web.Request) -> web.StreamResponse:
+    upload_id = upload_id_of(request)
+    token = await uploader(request)
+    offset = header_int(request, "Upload-Offset")
+    if offset is None:
+        raise InvalidRequest("PATCH needs Upload-Offset")
+    outcome = await request.app[UPLOADS].append(
+        upload_id, token, append_request(request, offset=offset), request_body(request)
+    )
+    return answer(outcome, created=False)
+
+
+async def delete_upload(request: web.Request) -> web.StreamResponse:
+    upload_id = upload_id_of(request)
+    token = await uploader(request)
+    await request.app[UPLOADS].delete(upload_id, token)
+    return web.Response(status=204)

@@ -1,0 +1,440 @@
+"""Resumable uploads: bytes staged in the blob store over many requests, state in PostgreSQL.
+
+Each request appends its body to the upload's staging object while hashing it, and records
+how many bytes are durable (fsynced) whenever it pauses, is interrupted, or every few seconds.
+A complete upload is verified and published through the same path as ``PUT /v1/blobs``
+(:meth:`BlobService.publish`). The hasher stays in memory in the process that wrote last,
+keyed by the offset it covers; another process, or this one after a restart, hashes the staged
+prefix again, once. Who may write is decided in :mod:`casd.upload_leases`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import blake3
+
+from casd.auth import Token
+from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService
+from casd.blobstore import BlobStore, StagedBlob
+from casd.database import Database
+from casd.digests import format_digest, new_hasher
+from casd.errors import (
+    CasdError,
+    DigestMismatch,
+    IncompleteBody,
+    InvalidRequest,
+    MismatchingUploadOffset,
+    PayloadTooLarge,
+    Unavailable,
+    UploadNotFound,
+)
+from casd.upload_leases import Lease, StopReason, UploadLeases, UploadRow
+
+log = logging.getLogger(__name__)
+
+# A writer makes its bytes durable and records the offset at least this often while bytes
+# arrive, so that a crash of the server costs a client at most this much of its upload.
+CHECKPOINT_SECONDS = 5.0
+# In-memory hashers kept for uploads that wait for their next request.
+HASHER_CACHE_SIZE = 256
+# Bad input: the request is refused and the upload stays as it was.
+_INVALID = (InvalidRequest, PayloadTooLarge)
+
+
+class WriterStopped(TimeoutError):
+    """Ends the body of a request whose upload was taken over (raised by the body reader).
+
+    A TimeoutError, because the request's time is up: aiohttp then drops the rest of that
+    body quietly after the answer and closes the connection, as for a lingering timeout.
+    """
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+class BodyBrokeOff(Exception):
+    """The request's body ended before its end (a lost connection, a malformed body)."""
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    id: str
+    offset: int
+    length: int | None
+
+
+@dataclass(frozen=True)
+class RequestBody:
+    """The body of one request, as the HTTP layer hands it over."""
+
+    chunks: AsyncIterable[bytes]
+    size: int | None  # Content-Length; None when unknown (chunked)
+    interrupt: Callable[[BaseException], None]  # makes the next read of ``chunks`` raise
+    accept: Callable[[], Awaitable[None]]  # tells a waiting client to send (100 Continue)
+
+
+@dataclass(frozen=True)
+class Append:
+    """What a request asks for: its body appended at ``offset``, the upload maybe complete."""
+
+    offset: int = 0
+    complete: bool = False
+    length: int | None = None  # Upload-Length
+    digest: str | None = None  # Casd-Digest
+
+
+class UploadService:
+    def __init__(self, db: Database, store: BlobStore, blobs: BlobService, upload_ttl: float):
+        self.db = db
+        self.store = store
+        self.blobs = blobs
+        self.upload_ttl = upload_ttl
+        self.leases = UploadLeases(db)
+        self._hashers: collections.OrderedDict[str, tuple[int, blake3.blake3]] = (
+            collections.OrderedDict()
+        )
+        self._tasks: set[asyncio.Task[UploadStatus | Blob]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.leases.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def shutdown(self) -> None:
+        """End every request that writes now; each records the bytes it received."""
+        self.leases.stop_all(StopReason.SHUTDOWN)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.leases.close()
+
+    async def create(self, token: Token, request: Append, body: RequestBody) -> UploadStatus | Blob:
+        """A new upload, with the first bytes (or all of them) from the request's body."""
+        row = UploadRow(0, request.length, request.digest)
+        self._validate(row, request, body.size)
+        lease = await self.leases.create(uuid.uuid4().hex, token.id, row)
+        return await self._run(lease, request, body, fresh=True)
+
+    async def status(self, upload_id: str, token: Token) -> UploadStatus:
+        """The durable offset, once a request still writing to the upload has ended."""
+        row = await self.leases.observe(upload_id, token.id)
+        return UploadStatus(upload_id, row.offset, row.length)
+
+    async def append(
+        self, upload_id: str, token: Token, request: Append, body: RequestBody
+    ) -> UploadStatus | Blob:
+        """Append the body at ``request.offset``; publish the blob if the upload is complete."""
+        lease = await self.leases.acquire(upload_id, token.id)
+        try:
+            length = self._validate(lease.row, request, body.size)
+            if length != lease.row.length and length is not None:
+                await self.leases.set_length(lease, length)
+                lease.row = replace(lease.row, length=length)
+        except BaseException:
+            await self._release(lease, lease.row.offset)
+            raise
+        return await self._run(lease, request, body, fresh=False)
+
+    async def delete(self, upload_id: str, token: Token) -> None:
+        lease = await self.leases.acquire(upload_id, token.id)
+        await self._discard(lease)
+
+    def _validate(self, row: UploadRow, request: Append, size: int | None) -> int | None:
+        """Refuse a request that cannot succeed before reading its body; the upload's length."""
+        if request.offset != row.offset:
+            raise MismatchingUploadOffset(
+                f"the upload is at byte {row.offset}, not {request.offset}",
+                headers={"Upload-Offset": str(row.offset)},
+            )
+        length = row.length if request.length is None else request.length
+        if row.length is not None and length != row.length:
+            raise InvalidRequest(f"Upload-Length {length} differs from the upload's {row.length}")
+        if length is not None and length < row.offset:
+            raise InvalidRequest(
+                f"Upload-Length {length} is less than the {row.offset} bytes staged"
+            )
+        if request.digest and row.expected_digest and request.digest != row.expected_digest:
+            raise InvalidRequest("Casd-Digest differs from the one the upload was created with")
+        self.blobs.check_announced_size(length)
+        if size is not None:
+            end = row.offset + size
+            self._check_end(length, end)
+            if request.complete and length is not None and end != length:
+                raise InvalidRequest(f"the upload would end at byte {end}, not at {length}")
+        return length
+
+    def _check_end(self, length: int | None, end: int) -> None:
+        if length is not None and end > length:
+            raise InvalidRequest(f"the body goes past Upload-Length ({length} bytes)")
+        self.blobs.check_announced_size(end)
+
+    async def _run(
+        self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
+    ) -> UploadStatus | Blob:
+        # The writing runs to its end even if the handler is cancelled: bytes received are kept.
+        task = asyncio.ensure_future(self._receive(lease, request, body, fresh=fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            body.interrupt(ConnectionResetError("the request was cancelled"))
+            raise
+
+    async def _receive(
+        self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
+    ) -> UploadStatus | Blob:
+        lease.on_stop(lambda reason: body.interrupt(WriterStopped(reason)))
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                staging = self.store.resumable(lease.upload_id, lease.row.offset)
+                staged = await stack.enter_async_context(staging)
+            except FileNotFoundError as error:
+                await self._discard(lease)
+                raise UploadNotFound("the staged bytes of this upload are lost") from error
+            except BaseException:
+                await self._release(lease, lease.row.offset)
+                raise
+            return await self._write(lease, request, body, _Sink(staged, lease.row.offset), fresh)
+
+    async def _write(
+        self, lease: Lease, request: Append, body: RequestBody, sink: _Sink, fresh: bool
+    ) -> UploadStatus | Blob:
+        try:
+            sink.hasher = await self._hasher_for(lease)
+            await body.accept()
+            await self._pump(lease, body, sink)
+        except _INVALID:
+            await (self._discard(lease) if fresh else self._release(lease, sink.start))
+            raise
+        except BaseException as error:
+            replacement = await self._keep_received(lease, sink, error)
+            if replacement is error:
+                raise
+            raise replacement from error
+        if request.complete:
+            return await self._complete(lease, request, sink)
+        return await self._pause(lease, sink)
+
+    async def _hasher_for(self, lease: Lease) -> blake3.blake3:
+        """The in-memory hasher of the staged bytes, or a new one over them (read once)."""
+        offset = lease.row.offset
+        cached = self._hashers.pop(lease.upload_id, None)
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        hasher = new_hasher()
+        if offset:
+            log.info("upload %s: hashing its %d staged bytes again", lease.upload_id, offset)
+            async for chunk in self.store.read_resumable(lease.upload_id, offset):
+                if lease.reason is not None:
+                    raise WriterStopped(lease.reason)
+                await asyncio.to_thread(hasher.update, chunk)
+        return hasher
+
+    async def _pump(self, lease: Lease, body: RequestBody, sink: _Sink) -> None:
+        """Absorb the body in buffers, recording durable progress every few seconds; on an
+        interruption the bytes that arrived are absorbed before the error goes on."""
+        loop = asyncio.get_running_loop()
+        next_checkpoint = loop.time() + CHECKPOINT_SECONDS
+        parts: list[bytes] = []
+        gathered = 0
+        try:
+            async for chunk in _received(body.chunks):
+                self._check_end(lease.row.length, sink.end + gathered + len(chunk))
+                parts.append(chunk)
+                gathered += len(chunk)
+                if gathered < INGEST_BUFFER:
+                    continue
+                await sink.absorb(b"".join(parts))
+                parts, gathered = [], 0
+                if loop.time() >= next_checkpoint:
+                    await self._checkpoint(lease, sink)
+                    next_checkpoint = loop.time() + CHECKPOINT_SECONDS
+        except _INVALID:
+            raise
+        except BaseException:
+            if parts:
+                await sink.absorb(b"".join(parts))
+            raise
+        if parts:
+            await sink.absorb(b"".join(parts))
+
+    async def _checkpoint(self, lease: Lease, sink: _Sink) -> None:
+        offset = await sink.sync()
+        await self.leases.checkpoint(lease, offset)
+        sink.recorded = offset
+
+    async def _keep_received(
+        self, lease: Lease, sink: _Sink, error: BaseException
+    ) -> BaseException:
+        """Record the bytes that arrived before ``error`` ended the request; what to raise."""
+        try:
+            offset = await sink.sync()
+        except Exception:
+            log.exception("upload %s: cannot make its last bytes durable", lease.upload_id)
+            offset, sink.hasher = sink.recorded, None
+        kept = await self._release(lease, offset, sink)
+        reason = error.reason if isinstance(error, WriterStopped) else None
+        headers = {"Upload-Offset": str(offset)}
+        if reason is StopReason.GONE or (reason is not None and not kept):
+            return UploadNotFound(f"upload {lease.upload_id} was removed")
+        if reason is StopReason.SUPERSEDED:
+            return MismatchingUploadOffset(
+                f"{reason.value}; the upload continues at byte {offset}", headers=headers
+            )
+        if reason is not None:
+            return Unavailable(f"{reason.value}; resume at byte {offset}", headers=headers)
+        if isinstance(error, BodyBrokeOff):
+            # The client is gone or its body is malformed: answer anyway, nobody may listen.
+            return IncompleteBody(f"{error}; {offset} bytes are staged", headers=headers)
+        return error
+
+    async def _pause(self, lease: Lease, sink: _Sink) -> UploadStatus:
+        offset = await sink.sync()
+        if not await self._release(lease, offset, sink):
+            raise UploadNotFound(f"upload {lease.upload_id} was removed while being written")
+        return UploadStatus(lease.upload_id, offset, lease.row.length)
+
+    async def _complete(self, lease: Lease, request: Append, sink: _Sink) -> Blob:
+        size = await sink.sync()
+        if lease.row.length is not None and size != lease.row.length:
+            await self._release(lease, sink.start)
+            raise InvalidRequest(
+                f"the upload has {size} bytes, Upload-Length says {lease.row.length}"
+            )
+        assert sink.hasher is not None
+        digest = format_digest(sink.hasher)
+        expected = request.digest or lease.row.expected_digest
+        if expected is not None and digest != expected:
+            await self._discard(lease)
+            raise DigestMismatch(f"the upload hashes to {digest}, not {expected}; it was discarded")
+        try:
+            await self.blobs.publish(sink.staged, digest)
+        except BaseException:
+            await self._release(lease, size, sink)
+            raise
+        self._hashers.pop(lease.upload_id, None)
+        await self.leases.remove(lease)
+        log.info("upload %s complete: %s (%d bytes)", lease.upload_id, digest, size)
+        return Blob(digest, size)
+
+    async def _release(self, lease: Lease, offset: int, sink: _Sink | None = None) -> bool:
+        """Let go of the upload at ``offset``; keep the hasher if it covers exactly that."""
+        kept = await self.leases.release(lease, offset)
+        if kept and sink is not None and sink.covers(offset):
+            assert sink.hasher is not None
+            self._hashers[lease.upload_id] = (offset, sink.hasher)
+            while len(self._hashers) > HASHER_CACHE_SIZE:
+                self._hashers.popitem(last=False)
+        return kept
+
+    async def _discard(self, lease: Lease) -> None:
+        self._hashers.pop(lease.upload_id, None)
+        await self.leases.remove(lease)
+        await self.store.delete_resumable(lease.upload_id)
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self.upload_ttl / 4, 0.5), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire()
+            except CasdError as error:
+                log.warning("upload sweep failed: %s", error.detail)
+            except Exception:
+                log.exception("upload sweep failed")
+
+    async def expire(self) -> int:
+        """Remove uploads idle for longer than the TTL, and staged bytes without an upload."""
+        rows = await self.db.fetch("expire_uploads", self.upload_ttl)
+        for row in rows:
+            self._hashers.pop(row["id"], None)
+            await self.store.delete_resumable(row["id"])
+        if rows:
+            log.info("removed %d idle uploads", len(rows))
+        await self._remove_orphans()
+        return len(rows)
+
+    async def _remove_orphans(self) -> None:
+        # A staging object is created after its row, so one without a row lost it for good.
+        keys = await asyncio.to_thread(lambda: list(self.store.resumable_keys()))
+        if not keys:
+            return
+        known = {row["id"] for row in await self.db.fetch("existing_upload_ids", keys)}
+        for key in set(keys) - known:
+            await self.store.delete_resumable(key)
+
+
+async def _received(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The body's chunks; a failure of the body itself becomes :class:`BodyBrokeOff`."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except WriterStopped:
+            raise
+        except Exception as error:
+            raise BodyBrokeOff(f"the body broke off ({type(error).__name__})") from error
+        yield chunk
+
+
+class _Sink:
+    """Appends to a staging object and hashes, one buffer in flight while the next arrives."""
+
+    def __init__(self, staged: StagedBlob, start: int) -> None:
+        self.staged = staged
+        self.start = start
+        self.end = start  # bytes handed over, including the buffer in flight
+        self.recorded = start  # bytes known durable and recorded
+        self.hasher: blake3.blake3 | None = None
+        self.hashed = start  # bytes the hasher covers
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def absorb(self, data: bytes) -> None:
+        await self.settle()
+        self.end += len(data)
+        self._inflight = asyncio.ensure_future(self._absorb(data))
+
+    async def _absorb(self, data: bytes) -> None:
+        hasher = self.hasher
+        assert hasher is not None
+        try:
+            if len(data) <= INLINE_HASH_LIMIT:
+                hasher.update(data)
+                await self.staged.write(data)
+            else:
+                # blake3 and file writes release the GIL: both run at once on two threads.
+                write = self.staged.write(data)
+                await asyncio.gather(asyncio.to_thread(hasher.update, data), write)
+        except BaseException:
+            self.hashed = -1  # the hasher may have seen bytes that were not written
+            raise
+        self.hashed += len(data)
+
+    async def settle(self) -> None:
+        """Wait for the buffer in flight."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+
+    async def sync(self) -> int:
+        """Make every written byte durable; the staged size."""
+        await self.settle()
+        await self.staged.finish()
+        return self.staged.size
+
+    def covers(self, offset: int) -> bool:
+        return self.hasher is not None and self.hashed == offset == self.staged.size

@@ -1,0 +1,70 @@
+-- name: insert_upload
+-- A new upload, written to at once by the request that creates it (epoch 1).
+INSERT INTO uploads (id, token_id, upload_length, expected_digest, writer_epoch, writer_process)
+VALUES ($1, $2, $3, $4, 1, $5);
+
+-- name: bump_upload_epoch
+-- A request arrives: it becomes the newest. Every casd process hears of it, and the one whose
+-- writer holds an older epoch ends that writer.
+WITH bumped AS (
+    UPDATE uploads SET epoch = epoch + 1, updated_at = now()
+    WHERE id = $1 AND token_id = $2
+    RETURNING id, epoch, writer_epoch, writer_process, upload_offset, upload_length,
+              expected_digest
+)
+SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest,
+       pg_notify('casd_uploads', id || ' ' || epoch) AS notified
+FROM bumped;
+
+-- name: get_upload_lease
+SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest
+FROM uploads WHERE id = $1;
+
+-- name: claim_upload
+-- Become the writer: only while still the newest request and nobody else writes.
+UPDATE uploads SET writer_epoch = epoch, writer_process = $3, updated_at = now()
+WHERE id = $1 AND epoch = $2 AND writer_epoch IS NULL
+RETURNING upload_offset, upload_length, expected_digest;
+
+-- name: clear_dead_writer
+-- The writer's process is gone (its session lock with it): its recorded offset stands.
+UPDATE uploads SET writer_epoch = NULL, writer_process = NULL
+WHERE id = $1 AND writer_epoch = $2;
+
+-- name: upload_process_alive
+-- A casd process holds the session lock (casd, its number) for as long as it lives.
+SELECT NOT pg_try_advisory_xact_lock($1, $2);
+
+-- name: lock_upload_process
+SELECT pg_try_advisory_lock($1, $2);
+
+-- name: set_upload_length
+UPDATE uploads SET upload_length = $3
+WHERE id = $1 AND writer_epoch = $2 AND upload_length IS NULL;
+
+-- name: checkpoint_upload
+-- Durable progress of the writer; returns the newest epoch (newer than the writer's: stop).
+UPDATE uploads SET upload_offset = $3, updated_at = now()
+WHERE id = $1 AND writer_epoch = $2
+RETURNING epoch;
+
+-- name: release_upload
+-- The writer is done: record its durable offset and wake whoever waits for the upload.
+WITH released AS (
+    UPDATE uploads SET upload_offset = $3, writer_epoch = NULL, writer_process = NULL,
+                       updated_at = now()
+    WHERE id = $1 AND writer_epoch = $2
+    RETURNING id, epoch
+)
+SELECT epoch, pg_notify('casd_uploads', id || ' ' || epoch) AS notified FROM released;
+
+-- name: delete_upload
+-- The writer removes its upload (finished, discarded or deleted by its owner).
+DELETE FROM uploads WHERE id = $1 AND writer_epoch = $2 RETURNING id;
+
+-- name: expire_uploads
+-- Idle uploads; several processes may sweep at once, each row goes to one of them.
+DELETE FROM uploads WHERE updated_at < now() - make_interval(secs => $1::float8) RETURNING id;
+
+-- name: existing_upload_ids
+SELECT id FROM uploads WHERE id = ANY($1::text[]);
