@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from casd import cli_client
 from casd.config import Settings, load_settings
 from casd.errors import CasdError
 
@@ -155,6 +156,11 @@ def token_revoke(token_id: int, **options: Any) -> None:
     if not with_tokens(settings_from(**options), lambda store: store.revoke(token_id)):
         raise click.ClickException(f"no active token with id {token_id}")
     click.echo(f"revoked token {token_id}", err=True)
+
+
+# --- client commands: put, get, resolve, tag, history (casd/cli_client.py) ---
+
+cli_client.register(main)
 
 
 def fail(message: str) -> None:

@@ -1,0 +1,679 @@
+"""An async client for casd on aiohttp's client: blobs, resumable uploads, names.
+
+::
+
+    async with Client("http://127.0.0.1:8480", token) as casd:
+        blob = await casd.put_file("disk.qcow2")
+        await casd.tag("prod/disk.qcow2", blob.digest)
+        await casd.get("prod/disk.qcow2", "copy.qcow2")
+
+Small files go up in one ``PUT`` with ``Expect: 100-continue`` (nothing is sent when the blob
+is stored already); large ones through a resumable upload that survives dropped connections
+and server restarts, resuming from the offset the server reports. Downloads are hashed while
+they are written to a temporary file next to the target, which appears only once verified.
+Every failure raises a :class:`casd.errors.CasdError` subclass carrying the problem's ``code``
+(``error.status`` is the HTTP status, ``error.extra`` the rest of the problem body, such as
+``current`` for ``precondition-failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import blake3
+from yarl import URL
+
+from casd.digests import parse_digest
+from casd.errors import (
+    BlobNotFound,
+    BlobQuarantined,
+    CasdError,
+    DigestMismatch,
+    Forbidden,
+    InsufficientStorage,
+    InvalidDigest,
+    InvalidName,
+    InvalidRequest,
+    MismatchingUploadOffset,
+    NameNotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    PreconditionRequired,
+    Unauthorized,
+    Unavailable,
+    UnknownBlob,
+    UploadNotFound,
+)
+
+T = TypeVar("T")
+
+# Files up to this size go up in one PUT; larger ones through a resumable upload.
+SMALL_FILE_LIMIT = 8 * 1024 * 1024
+CHUNK = 1024 * 1024
+# ``progress(done, total)`` is called as bytes go out or come in.
+Progress = Callable[[int, int], None]
+
+_ERRORS: dict[str, type[CasdError]] = {
+    error.code: error
+    for error in (
+        InvalidDigest,
+        DigestMismatch,
+        InvalidName,
+        InvalidRequest,
+        BlobNotFound,
+        BlobQuarantined,
+        UnknownBlob,
+        NameNotFound,
+        PreconditionRequired,
+        PreconditionFailed,
+        UploadNotFound,
+        MismatchingUploadOffset,
+        PayloadTooLarge,
+        InsufficientStorage,
+        Unauthorized,
+        Forbidden,
+        Unavailable,
+    )
+}
+_PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+_STATUS_ERRORS: dict[int, type[CasdError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    409: MismatchingUploadOffset,
+    410: BlobQuarantined,
+    413: PayloadTooLarge,
+}
+# Transport failures: the request may not have reached the server, or its answer was lost.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    digest: str
+    size: int
+    created: bool = False  # newly stored by this call
+
+
+@dataclass(frozen=True)
+class NameRecord:
+    name: str
+    digest: str
+    size: int
+    version: int
+    metadata: dict[str, Any]
+    healthy: bool
+    updated_at: str
+    updated_by: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> NameRecord:
+        return cls(**{field: body[field] for field in cls.__dataclass_fields__})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    action: str
+    digest: str | None
+    previous_digest: str | None
+    metadata: dict[str, Any] | None
+    actor: str
+    at: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> HistoryEntry:
+        values: dict[str, Any] = {field: body.get(field) for field in cls.__dataclass_fields__}
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff with jitter: ``attempts`` tries in a row that make no progress."""
+
+    attempts: int = 8
+    first_delay: float = 0.25
+    max_delay: float = 8.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.max_delay, self.first_delay * 2.0 ** (failures - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+def error_from_problem(
+    status: int, body: Any, headers: dict[str, str], not_found: type[CasdError] = BlobNotFound
+) -> CasdError:
+    """The typed error for an error answer; one without a problem body (an answer to HEAD, a
+    proxy's page) is typed by its status, ``not_found`` for 404."""
+    kind: type[CasdError]
+    error: CasdError
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
+        text = str(body)[:200] if body else ""
+        kind = {404: not_found, **_STATUS_ERRORS}.get(status, InvalidRequest)
+        if status >= 500:
+            kind = Unavailable
+        error = kind(f"HTTP {status} {text}".strip(), headers=headers)
+    else:
+        kind = _ERRORS.get(body["code"], CasdError)
+        extra = {key: value for key, value in body.items() if key not in _PROBLEM_MEMBERS}
+        error = kind(str(body.get("detail") or ""), headers=headers, **extra)
+        error.code = body["code"]
+    error.status = status
+    return error
+
+
+async def raise_for_problem(
+    response: aiohttp.ClientResponse, not_found: type[CasdError] = BlobNotFound
+) -> None:
+    """Raise the typed error of an error answer."""
+    text = await response.text(errors="replace")
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    raise error_from_problem(response.status, body, dict(response.headers), not_found)
+
+
+def unreachable(url: str, error: BaseException) -> Unavailable:
+    return Unavailable(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
+
+
+class Client:
+    """A casd client. Use as ``async with Client(url, token) as casd``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        retry: Retry | None = None,
+        small_file_limit: int = SMALL_FILE_LIMIT,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.retry = retry or Retry()
+        self.small_file_limit = small_file_limit
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # No overall limit: a 2.5 GB upload over a slow link takes hours.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return headers | (extra or {})
+
+    def endpoint(self, path: str) -> URL:
+        # encoded=True: names are sent as given (a name like 'a/../b' is the server's to refuse).
+        return URL(self.url + path, encoded=True)
+
+    def name_endpoint(self, prefix: str, name: str) -> URL:
+        return self.endpoint(prefix + quote(name, safe="/"))
+
+    async def request_json(
+        self,
+        method: str,
+        url: URL,
+        *,
+        ok: tuple[int, ...] = (200,),
+        not_found: type[CasdError] = BlobNotFound,
+        **kwargs: Any,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One request; its status, JSON body and headers, or the typed error."""
+        kwargs["headers"] = self.headers(kwargs.get("headers"))
+        try:
+            async with self.session.request(method, url, **kwargs) as response:
+                if response.status not in ok:
+                    await raise_for_problem(response, not_found)
+                body = await response.json(content_type=None) if response.status != 204 else None
+                return response.status, body, dict(response.headers)
+        except _TRANSPORT_ERRORS as error:
+            raise unreachable(self.url, error) from error
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` again with backoff while the server is unreachable or unavailable."""
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except Unavailable:
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise
+                await asyncio.sleep(self.retry.delay(failures))
+
+    # --- blobs ---
+
+    async def blob_size(self, digest: str) -> int | None:
+        """The size of a stored blob, None if it is not stored."""
+        try:
+            _, _, headers = await self.retrying(
+                lambda: self.request_json("HEAD", self.endpoint(f"/v1/blobs/{digest}"))
+            )
+        except BlobNotFound:
+            return None
+        return int(headers["Content-Length"])
+
+    async def put_bytes(self, data: bytes) -> StoredBlob:
+        digest = "blake3:" + blake3.blake3(data).hexdigest()
+        status, body, _ = await self.retrying(
+            lambda: self.request_json(
+                "PUT", self.endpoint(f"/v1/blobs/{digest}"), data=data, ok=(200, 201)
+            )
+        )
+        return StoredBlob(body["digest"], body["size"], created=status == 201)
+
+    async def put_file(
+        self, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> StoredBlob:
+        """Store a file's bytes; small files in one PUT, large ones through a resumable upload."""
+        source = Path(path)
+        digest, size = await asyncio.to_thread(hash_file, source)
+        if size <= self.small_file_limit:
+            return await self.retrying(lambda: self._put_small(source, digest, size, progress))
+        stored = await self.blob_size(digest)
+        if stored is not None:
+            if progress:
+                progress(size, size)
+            return StoredBlob(digest, stored)
+        upload_url = await self.start_upload(size, digest)
+        return await self.resume_upload(upload_url, source, digest=digest, progress=progress)
+
+    async def _put_small(
+        self, source: Path, digest: str, size: int, progress: Progress | None
+    ) -> StoredBlob:
+        status, body, _ = await self.request_json(
+            "PUT",
+            self.endpoint(f"/v1/blobs/{digest}"),
+            data=file_chunks(source, 0, size, progress),
+            headers={"Content-Length": str(size)},
+            expect100=True,
+            ok=(200, 201),
+        )
+        if progress:
+            progress(size, size)
+        return StoredBlob(body["digest"], body["size"], created=status == 201)
+
+    # --- resumable uploads ---
+
+    async def start_upload(self, size: int | None = None, digest: str | None = None) -> str:
+        """Create a resumable upload (``POST /v1/uploads``); its URL."""
+        headers = {"Content-Length": "0"}
+        if size is not None:
+            headers["Upload-Length"] = str(size)
+        if digest is not None:
+            headers["Casd-Digest"] = parse_digest(digest)
+        _, _, answer = await self.retrying(
+            lambda: self.request_json(
+                "POST", self.endpoint("/v1/uploads"), headers=headers, ok=(201,)
+            )
+        )
+        return str(self.endpoint(answer["Location"]))
+
+    async def upload_offset(self, upload_url: str) -> int:
+        """How many bytes of the upload the server holds (``HEAD``)."""
+        _, _, headers = await self.request_json(
+            "HEAD", URL(upload_url, encoded=True), ok=(204,), not_found=UploadNotFound
+        )
+        return int(headers["Upload-Offset"])
+
+    async def resume_upload(
+        self,
+        upload_url: str,
+        path: str | os.PathLike[str],
+        *,
+        digest: str | None = None,
+        progress: Progress | None = None,
+    ) -> StoredBlob:
+        """Send the rest of a file to an upload from the offset the server reports, retrying
+        with backoff (``self.retry.attempts`` failures in a row that made no progress), until
+        the blob is stored."""
+        source = Path(path)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        failures, offset, best = 0, None, -1
+        while True:
+            try:
+                if offset is None:
+                    offset = await self.upload_offset(upload_url)
+                if offset > best:
+                    failures, best = 0, offset
+                if progress:
+                    progress(offset, size)
+                return await self._patch_rest(upload_url, source, offset, size, digest, progress)
+            except MismatchingUploadOffset as error:
+                offset = _offset_header(error)
+                failures += 1
+            except UploadNotFound:
+                # An earlier request may have finished it while its answer was lost.
+                if digest is not None and await self.blob_size(digest) == size:
+                    return StoredBlob(digest, size)
+                raise
+            except Unavailable:
+                failures, offset = failures + 1, None
+            if failures >= self.retry.attempts:
+                raise Unavailable(f"the upload to {upload_url} made no progress; giving up")
+            await asyncio.sleep(self.retry.delay(failures))
+
+    async def _patch_rest(
+        self,
+        upload_url: str,
+        source: Path,
+        offset: int,
+        size: int,
+        digest: str | None,
+        progress: Progress | None,
+    ) -> StoredBlob:
+        headers = {
+            "Upload-Offset": str(offset),
+            "Upload-Complete": "?1",
+            "Content-Length": str(size - offset),
+            "Content-Type": "application/partial-upload",
+        }
+        if digest is not None:
+            headers["Casd-Digest"] = digest
+        _, body, _ = await self.request_json(
+            "PATCH",
+            URL(upload_url, encoded=True),
+            data=file_chunks(source, offset, size, progress),
+            headers=headers,
+            expect100=True,
+            ok=(201,),
+        )
+        return StoredBlob(body["digest"], body["size"], created=True)
+
+    async def cancel_upload(self, upload_url: str) -> None:
+        await self.request_json("DELETE", URL(upload_url, encoded=True), ok=(204,))
+
+    # --- downloads ---
+
+    async def get(
+        self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> StoredBlob:
+        """Download a name or a digest to ``path``, verified."""
+        digest = ref if ref.startswith("blake3:") else (await self.resolve(ref)).digest
+        return await self.get_blob(digest, path, progress=progress)
+
+    async def get_blob(
+        self, digest: str, path: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> StoredBlob:
+        """Download a blob to ``path``, verified against its digest. A mismatch raises
+        :class:`DigestMismatch` and leaves no file; ``path`` is replaced only when verified."""
+        parse_digest(digest)
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.casd-part")
+        try:
+            size = await self._download(digest, partial, progress)
+            await asyncio.to_thread(os.replace, partial, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+        return StoredBlob(digest, size)
+
+    async def _download(self, digest: str, partial: Path, progress: Progress | None) -> int:
+        download = _Download(partial)
+        try:
+            failures = 0
+            while not await self._download_rest(digest, download, progress):
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise Unavailable(f"downloading {digest} kept failing; giving up")
+                await asyncio.sleep(self.retry.delay(failures))
+            await asyncio.to_thread(download.finish)
+        finally:
+            await asyncio.to_thread(download.close)
+        if download.size != download.total or download.digest != digest:
+            raise DigestMismatch(
+                f"the bytes received hash to {download.digest} ({download.size} bytes),"
+                f" not {digest}; nothing was kept"
+            )
+        return download.size
+
+    async def _download_rest(
+        self, digest: str, download: _Download, progress: Progress | None
+    ) -> bool:
+        """Fetch what is missing (a range when resuming); False if the transfer broke."""
+        headers = self.headers({"Range": f"bytes={download.size}-"} if download.size else None)
+        url = self.endpoint(f"/v1/blobs/{digest}")
+        try:
+            async with self.session.get(url, headers=headers) as response:
+                if response.status not in (200, 206):
+                    await raise_for_problem(response)
+                await asyncio.to_thread(download.begin, response.status, response.headers)
+                async for buffer in _buffers(response.content):
+                    await asyncio.to_thread(download.write, buffer)
+                    if progress and download.total is not None:
+                        progress(download.size, download.total)
+                return True
+        except Unavailable:
+            return False
+        except _TRANSPORT_ERRORS:
+            return False
+
+    # --- names ---
+
+    async def resolve(self, name: str) -> NameRecord:
+        """The record of a name."""
+        _, body, _ = await self.retrying(
+            lambda: self.request_json("GET", self.name_endpoint("/v1/names/", name))
+        )
+        return NameRecord.from_json(body)
+
+    async def set_name(
+        self,
+        name: str,
+        digest: str,
+        *,
+        version: int | None = None,
+        create: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> NameRecord:
+        """Point a name at a digest if it is still at ``version`` (or, with ``create``, if it
+        does not exist): compare-and-swap. Else :class:`PreconditionFailed`, whose
+        ``extra["current"]`` is the record as it is now."""
+        headers = {"If-None-Match": "*"} if create else {}
+        if version is not None:
+            headers["If-Match"] = f'"{version}"'
+        payload: dict[str, Any] = {"digest": digest}
+        if metadata is not None:
+            payload["metadata"] = metadata
+        _, body, _ = await self.request_json(
+            "PUT",
+            self.name_endpoint("/v1/names/", name),
+            json=payload,
+            headers=headers,
+            ok=(200, 201),
+        )
+        return NameRecord.from_json(body)
+
+    async def update_name(
+        self,
+        name: str,
+        change: Callable[[NameRecord | None], tuple[str, dict[str, Any] | None]],
+        *,
+        attempts: int = 20,
+    ) -> NameRecord:
+        """Read-modify-write: ``change(current)`` gives the new digest and metadata (None keeps
+        the metadata); retried on ``412`` with the record the server reports as current."""
+        current = await self._current(name)
+        for _ in range(attempts):
+            digest, metadata = change(current)
+            try:
+                if current is None:
+                    return await self.set_name(name, digest, create=True, metadata=metadata)
+                return await self.set_name(name, digest, version=current.version, metadata=metadata)
+            except PreconditionFailed as error:
+                found = error.extra.get("current")
+                current = NameRecord.from_json(found) if found else None
+        raise PreconditionFailed(f"{name} kept changing; gave up after {attempts} attempts")
+
+    async def tag(
+        self, name: str, digest: str, *, metadata: dict[str, Any] | None = None
+    ) -> NameRecord:
+        """Point a name at a digest, whatever it points at now (compare-and-swap, retried)."""
+        return await self.update_name(name, lambda current: (digest, metadata))
+
+    async def delete_name(self, name: str, *, version: int) -> None:
+        await self.request_json(
+            "DELETE",
+            self.name_endpoint("/v1/names/", name),
+            headers={"If-Match": f'"{version}"'},
+            ok=(204,),
+        )
+
+    async def _names_page(self, prefix: str, page: int, after: str | None) -> Any:
+        params = {"prefix": prefix, "limit": str(page)} | ({"after": after} if after else {})
+        _, body, _ = await self.request_json("GET", self.endpoint("/v1/names"), params=params)
+        return body
+
+    async def _current(self, name: str) -> NameRecord | None:
+        try:
+            return await self.resolve(name)
+        except NameNotFound:
+            return None
+
+    async def history(
+        self, name: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[HistoryEntry]:
+        """The changes of a name, newest first."""
+        params = {"limit": str(limit)} if limit is not None else {}
+        if before is not None:
+            params["before"] = str(before)
+        _, body, _ = await self.retrying(
+            lambda: self.request_json(
+                "GET", self.name_endpoint("/v1/history/", name), params=params
+            )
+        )
+        return [HistoryEntry.from_json(entry) for entry in body["history"]]
+
+    async def list_names(self, prefix: str = "", *, page: int = 100) -> AsyncIterator[NameRecord]:
+        """Every name that starts with ``prefix``, in order, fetched a page at a time."""
+        after: str | None = None
+        while True:
+            body = await self.retrying(functools.partial(self._names_page, prefix, page, after))
+            for record in body["names"]:
+                yield NameRecord.from_json(record)
+            after = body.get("next")
+            if not after:
+                return
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """The digest and size of a file (blocking; every core helps)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    size = 0
+    with path.open("rb") as file:
+        while chunk := file.read(16 * CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return "blake3:" + hasher.hexdigest(), size
+
+
+async def file_chunks(
+    path: Path, start: int, end: int, progress: Progress | None
+) -> AsyncIterator[bytes]:
+    """Bytes ``start``..``end`` of a file, reporting progress as they are handed out."""
+    file = await asyncio.to_thread(path.open, "rb")
+    try:
+        await asyncio.to_thread(file.seek, start)
+        position = start
+        while position < end:
+            chunk = await asyncio.to_thread(file.read, min(CHUNK, end - position))
+            if not chunk:
+                raise InvalidRequest(f"{path} shrank while it was being uploaded")
+            position += len(chunk)
+            yield chunk
+            if progress:
+                progress(position, end)
+    finally:
+        file.close()
+
+
+async def _buffers(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The response body in buffers of about CHUNK bytes (fewer thread hand-offs)."""
+    parts: list[bytes] = []
+    gathered = 0
+    async for chunk in content.iter_any():
+        parts.append(chunk)
+        gathered += len(chunk)
+        if gathered >= CHUNK:
+            yield b"".join(parts)
+            parts, gathered = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+def _offset_header(error: CasdError) -> int | None:
+    raw = error.headers.get("Upload-Offset", "")
+    return int(raw) if raw.isdigit() else None
+
+
+class _Download:
+    """A temporary file being filled and hashed, resumable at its size (blocking methods)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("xb")
+        self.hasher = blake3.blake3()
+        self.size = 0
+        self.total: int | None = None
+
+    def begin(self, status: int, headers: Any) -> None:
+        """Start or continue with an answer: a 206 continues at our size, a 200 starts over."""
+        if status == 206 and headers.get("Content-Range", "").startswith(f"bytes {self.size}-"):
+            self.total = int(headers["Content-Range"].rpartition("/")[2])
+            return
+        self.file.seek(0)
+        self.file.truncate()
+        self.hasher, self.size = blake3.blake3(), 0
+        length = headers.get("Content-Length")
+        self.total = int(length) if length is not None and length.isdigit() else None
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hasher.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def digest(self) -> str:
+        return "blake3:" + self.hasher.hexdigest()
