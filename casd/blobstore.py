@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from casd.errors import InsufficientStorage, Unavailable
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
+# How long reopening a resumable staging file waits for the previous writer to close it.
+RESUME_LOCK_WAIT = 10.0
 
 
 class StagedBlob(Protocol):
@@ -140,10 +143,7 @@ class LocalStagedBlob:
     def reopen(cls, path: Path, size: int) -> LocalStagedBlob:
         """A resumable staging file, cut back to ``size`` bytes and open for appending."""
         created = not path.exists()
-        try:
-            staged = cls(path, "ab")
-        except BlockingIOError as error:
-            raise Unavailable("another request still writes to this upload") from error
+        staged = cls._open_locked(path)
         try:
             if created:
                 _fsync_directory(path.parent)  # the file must outlive a crash like its bytes
@@ -156,6 +156,18 @@ class LocalStagedBlob:
             raise
         staged.size = size
         return staged
+
+    @classmethod
+    def _open_locked(cls, path: Path) -> LocalStagedBlob:
+        # The writer before may still be closing the file after it let go of the upload.
+        deadline = time.monotonic() + RESUME_LOCK_WAIT
+        while True:
+            try:
+                return cls(path, "ab")
+            except BlockingIOError as error:
+                if time.monotonic() > deadline:
+                    raise Unavailable("another request still writes to this upload") from error
+                time.sleep(0.01)
 
     def close(self) -> None:
         self._file.close()

@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
-import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -35,25 +32,31 @@ import aiohttp
 import blake3
 from yarl import URL
 
+from casd.client_support import (
+    TRANSPORT_ERRORS,
+    Download,
+    HistoryEntry,
+    NameRecord,
+    Progress,
+    Retry,
+    StoredBlob,
+    buffers,
+    error_from_problem,
+    file_chunks,
+    hash_file,
+    offset_header,
+    raise_for_problem,
+    unreachable,
+)
 from casd.digests import parse_digest
 from casd.errors import (
     BlobNotFound,
-    BlobQuarantined,
     CasdError,
     DigestMismatch,
-    Forbidden,
-    InsufficientStorage,
-    InvalidDigest,
-    InvalidName,
-    InvalidRequest,
     MismatchingUploadOffset,
     NameNotFound,
-    PayloadTooLarge,
     PreconditionFailed,
-    PreconditionRequired,
-    Unauthorized,
     Unavailable,
-    UnknownBlob,
     UploadNotFound,
 )
 
@@ -61,138 +64,16 @@ T = TypeVar("T")
 
 # Files up to this size go up in one PUT; larger ones through a resumable upload.
 SMALL_FILE_LIMIT = 8 * 1024 * 1024
-CHUNK = 1024 * 1024
-# ``progress(done, total)`` is called as bytes go out or come in.
-Progress = Callable[[int, int], None]
 
-_ERRORS: dict[str, type[CasdError]] = {
-    error.code: error
-    for error in (
-        InvalidDigest,
-        DigestMismatch,
-        InvalidName,
-        InvalidRequest,
-        BlobNotFound,
-        BlobQuarantined,
-        UnknownBlob,
-        NameNotFound,
-        PreconditionRequired,
-        PreconditionFailed,
-        UploadNotFound,
-        MismatchingUploadOffset,
-        PayloadTooLarge,
-        InsufficientStorage,
-        Unauthorized,
-        Forbidden,
-        Unavailable,
-    )
-}
-_PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
-_STATUS_ERRORS: dict[int, type[CasdError]] = {
-    401: Unauthorized,
-    403: Forbidden,
-    409: MismatchingUploadOffset,
-    410: BlobQuarantined,
-    413: PayloadTooLarge,
-}
-# Transport failures: the request may not have reached the server, or its answer was lost.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-
-
-@dataclass(frozen=True)
-class StoredBlob:
-    digest: str
-    size: int
-    created: bool = False  # newly stored by this call
-
-
-@dataclass(frozen=True)
-class NameRecord:
-    name: str
-    digest: str
-    size: int
-    version: int
-    metadata: dict[str, Any]
-    healthy: bool
-    updated_at: str
-    updated_by: str
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> NameRecord:
-        return cls(**{field: body[field] for field in cls.__dataclass_fields__})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    version: int
-    action: str
-    digest: str | None
-    previous_digest: str | None
-    metadata: dict[str, Any] | None
-    actor: str
-    at: str
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> HistoryEntry:
-        values: dict[str, Any] = {field: body.get(field) for field in cls.__dataclass_fields__}
-        return cls(**values)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Exponential backoff with jitter: ``attempts`` tries in a row that make no progress."""
-
-    attempts: int = 8
-    first_delay: float = 0.25
-    max_delay: float = 8.0
-
-    def delay(self, failures: int) -> float:
-        ceiling = min(self.max_delay, self.first_delay * 2.0 ** (failures - 1))
-        return ceiling * random.uniform(0.5, 1.0)
-
-
-def error_from_problem(
-    status: int, body: Any, headers: dict[str, str], not_found: type[CasdError] = BlobNotFound
-) -> CasdError:
-    """The typed error for an error answer; one without a problem body (an answer to HEAD, a
-    proxy's page) is typed by its status, ``not_found`` for 404."""
-    kind: type[CasdError]
-    error: CasdError
-    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
-        text = str(body)[:200] if body else ""
-        kind = {404: not_found, **_STATUS_ERRORS}.get(status, InvalidRequest)
-        if status >= 500:
-            kind = Unavailable
-        error = kind(f"HTTP {status} {text}".strip(), headers=headers)
-    else:
-        kind = _ERRORS.get(body["code"], CasdError)
-        extra = {key: value for key, value in body.items() if key not in _PROBLEM_MEMBERS}
-        error = kind(str(body.get("detail") or ""), headers=headers, **extra)
-        error.code = body["code"]
-    error.status = status
-    return error
-
-
-async def raise_for_problem(
-    response: aiohttp.ClientResponse, not_found: type[CasdError] = BlobNotFound
-) -> None:
-    """Raise the typed error of an error answer."""
-    text = await response.text(errors="replace")
-    try:
-        body: Any = json.loads(text)
-    except ValueError:
-        body = text
-    raise error_from_problem(response.status, body, dict(response.headers), not_found)
-
-
-def unreachable(url: str, error: BaseException) -> Unavailable:
-    return Unavailable(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
+__all__ = [
+    "Client",
+    "HistoryEntry",
+    "NameRecord",
+    "Progress",
+    "Retry",
+    "StoredBlob",
+    "error_from_problem",
+]
 
 
 class Client:
@@ -261,7 +142,7 @@ class Client:
                     await raise_for_problem(response, not_found)
                 body = await response.json(content_type=None) if response.status != 204 else None
                 return response.status, body, dict(response.headers)
-        except _TRANSPORT_ERRORS as error:
+        except TRANSPORT_ERRORS as error:
             raise unreachable(self.url, error) from error
 
     async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -375,7 +256,7 @@ class Client:
                     progress(offset, size)
                 return await self._patch_rest(upload_url, source, offset, size, digest, progress)
             except MismatchingUploadOffset as error:
-                offset = _offset_header(error)
+                offset = offset_header(error)
                 failures += 1
             except UploadNotFound:
                 # An earlier request may have finished it while its answer was lost.
@@ -445,7 +326,7 @@ class Client:
         return StoredBlob(digest, size)
 
     async def _download(self, digest: str, partial: Path, progress: Progress | None) -> int:
-        download = _Download(partial)
+        download = Download(partial)
         try:
             failures = 0
             while not await self._download_rest(digest, download, progress):
@@ -464,7 +345,7 @@ class Client:
         return download.size
 
     async def _download_rest(
-        self, digest: str, download: _Download, progress: Progress | None
+        self, digest: str, download: Download, progress: Progress | None
     ) -> bool:
         """Fetch what is missing (a range when resuming); False if the transfer broke."""
         headers = self.headers({"Range": f"bytes={download.size}-"} if download.size else None)
@@ -474,14 +355,14 @@ class Client:
                 if response.status not in (200, 206):
                     await raise_for_problem(response)
                 await asyncio.to_thread(download.begin, response.status, response.headers)
-                async for buffer in _buffers(response.content):
+                async for buffer in buffers(response.content):
                     await asyncio.to_thread(download.write, buffer)
                     if progress and download.total is not None:
                         progress(download.size, download.total)
                 return True
         except Unavailable:
             return False
-        except _TRANSPORT_ERRORS:
+        except TRANSPORT_ERRORS:
             return False
 
     # --- names ---
@@ -590,90 +471,3 @@ class Client:
             after = body.get("next")
             if not after:
                 return
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    """The digest and size of a file (blocking; every core helps)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    size = 0
-    with path.open("rb") as file:
-        while chunk := file.read(16 * CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    return "blake3:" + hasher.hexdigest(), size
-
-
-async def file_chunks(
-    path: Path, start: int, end: int, progress: Progress | None
-) -> AsyncIterator[bytes]:
-    """Bytes ``start``..``end`` of a file, reporting progress as they are handed out."""
-    file = await asyncio.to_thread(path.open, "rb")
-    try:
-        await asyncio.to_thread(file.seek, start)
-        position = start
-        while position < end:
-            chunk = await asyncio.to_thread(file.read, min(CHUNK, end - position))
-            if not chunk:
-                raise InvalidRequest(f"{path} shrank while it was being uploaded")
-            position += len(chunk)
-            yield chunk
-            if progress:
-                progress(position, end)
-    finally:
-        file.close()
-
-
-async def _buffers(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The response body in buffers of about CHUNK bytes (fewer thread hand-offs)."""
-    parts: list[bytes] = []
-    gathered = 0
-    async for chunk in content.iter_any():
-        parts.append(chunk)
-        gathered += len(chunk)
-        if gathered >= CHUNK:
-            yield b"".join(parts)
-            parts, gathered = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
-def _offset_header(error: CasdError) -> int | None:
-    raw = error.headers.get("Upload-Offset", "")
-    return int(raw) if raw.isdigit() else None
-
-
-class _Download:
-    """A temporary file being filled and hashed, resumable at its size (blocking methods)."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = path.open("xb")
-        self.hasher = blake3.blake3()
-        self.size = 0
-        self.total: int | None = None
-
-    def begin(self, status: int, headers: Any) -> None:
-        """Start or continue with an answer: a 206 continues at our size, a 200 starts over."""
-        if status == 206 and headers.get("Content-Range", "").startswith(f"bytes {self.size}-"):
-            self.total = int(headers["Content-Range"].rpartition("/")[2])
-            return
-        self.file.seek(0)
-        self.file.truncate()
-        self.hasher, self.size = blake3.blake3(), 0
-        length = headers.get("Content-Length")
-        self.total = int(length) if length is not None and length.isdigit() else None
-
-    def write(self, data: bytes) -> None:
-        self.file.write(data)
-        self.hasher.update(data)
-        self.size += len(data)
-
-    def finish(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-    @property
-    def digest(self) -> str:
-        return "blake3:" + self.hasher.hexdigest()

@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,19 +140,21 @@ class UploadLeases:
 
     async def acquire(self, upload_id: str, token_id: int) -> Lease:
         """Become the writer of an upload, after ending an earlier writer."""
-        lease = await self._arrive(upload_id, token_id)
-        self._register(lease)
-        try:
-            await self._wait_for_writer(lease, claim=True)
-        except BaseException:
-            self._unregister(lease)
-            raise
+        with self._news_of(upload_id) as news:
+            lease, row = await self._arrive(upload_id, token_id)
+            self._register(lease)
+            try:
+                await self._wait_for_writer(lease, row, news, claim=True)
+            except BaseException:
+                self._unregister(lease)
+                raise
         return lease
 
     async def observe(self, upload_id: str, token_id: int) -> UploadRow:
         """The upload's true state, after ending a writer that was there before."""
-        lease = await self._arrive(upload_id, token_id)
-        await self._wait_for_writer(lease, claim=False)
+        with self._news_of(upload_id) as news:
+            lease, row = await self._arrive(upload_id, token_id)
+            await self._wait_for_writer(lease, row, news, claim=False)
         return lease.row
 
     async def checkpoint(self, lease: Lease, offset: int) -> None:
@@ -181,22 +183,25 @@ class UploadLeases:
         finally:
             self._unregister(lease)
 
-    async def _arrive(self, upload_id: str, token_id: int) -> Lease:
+    async def _arrive(self, upload_id: str, token_id: int) -> tuple[Lease, Any]:
+        """Become the newest request for the upload; the lease and the row as it was then."""
         self.require_process()
         row = await self.db.fetchrow("bump_upload_epoch", upload_id, token_id)
         if row is None:
             raise UploadNotFound(f"no upload {upload_id} for this token")
         lease = Lease(upload_id, row["epoch"], UploadRow.of(row))
         self._stop_older(upload_id, lease.epoch)
-        return lease
+        return lease, row
 
-    async def _wait_for_writer(self, lease: Lease, *, claim: bool) -> None:
+    async def _wait_for_writer(
+        self, lease: Lease, row: Any, news: asyncio.Event, *, claim: bool
+    ) -> None:
+        """Until no earlier writer holds the upload (and, with ``claim``, this request does)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TAKEOVER_TIMEOUT
-        row = await self._lease_row(lease.upload_id)
         while True:
-            if claim and (lease.reason is not None or row["epoch"] > lease.epoch):
-                raise _superseded(row["upload_offset"])
+            if claim:
+                _check_still_newest(lease, row)
             lease.row = UploadRow.of(row)
             writer = await self._live_writer(lease.upload_id, row)
             if writer is None and not claim:
@@ -207,7 +212,9 @@ class UploadLeases:
                 return
             if loop.time() > deadline:
                 raise Unavailable("an earlier request to this upload does not end", headers=_RETRY)
-            await self._wait_for_news(lease.upload_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), POLL_SECONDS)
+            news.clear()  # before reading: news that arrives while we read wakes the next wait
             row = await self._lease_row(lease.upload_id)
 
     async def _lease_row(self, upload_id: str) -> Any:
@@ -243,13 +250,13 @@ class UploadLeases:
         lease.row = UploadRow.of(row)
         return True
 
-    async def _wait_for_news(self, upload_id: str) -> None:
-        """Until a notification about the upload arrives, or a short while."""
+    @contextlib.contextmanager
+    def _news_of(self, upload_id: str) -> Iterator[asyncio.Event]:
+        """An event set by every notification about the upload while the block runs."""
         event = asyncio.Event()
         self._waiters.setdefault(upload_id, set()).add(event)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), POLL_SECONDS)
+            yield event
         finally:
             waiters = self._waiters.get(upload_id, set())
             waiters.discard(event)
@@ -307,8 +314,13 @@ async def _lock_process_number(connection: asyncpg.Connection) -> int:
             return number
 
 
-def _superseded(offset: int) -> CasdError:
-    return MismatchingUploadOffset(
-        f"{StopReason.SUPERSEDED.value}; the upload continues at byte {offset}",
-        headers={"Upload-Offset": str(offset)},
-    )
+def _check_still_newest(lease: Lease, row: Any) -> None:
+    """Raise if a request that waits to write was stopped or overtaken while it waited."""
+    if lease.reason in (StopReason.SHUTDOWN, StopReason.LOST):
+        raise Unavailable(lease.reason.value, headers=_RETRY)
+    if lease.reason is not None or row["epoch"] > lease.epoch:
+        offset = row["upload_offset"]
+        raise MismatchingUploadOffset(
+            f"{StopReason.SUPERSEDED.value}; the upload continues at byte {offset}",
+            headers={"Upload-Offset": str(offset)},
+        )

@@ -213,9 +213,11 @@ class UploadService:
     ) -> UploadStatus | Blob:
         try:
             sink.hasher = await self._hasher_for(lease)
-            await body.accept()
+            await _accept(body)
             await self._pump(lease, body, sink)
         except _INVALID:
+            with contextlib.suppress(Exception):
+                await sink.settle()  # no write may land once another request may write
             await (self._discard(lease) if fresh else self._release(lease, sink.start))
             raise
         except BaseException as error:
@@ -374,6 +376,13 @@ class UploadService:
         known = {row["id"] for row in await self.db.fetch("existing_upload_ids", keys)}
         for key in set(keys) - known:
             await self.store.delete_resumable(key)
+
+
+async def _accept(body: RequestBody) -> None:
+    try:
+        await body.accept()
+    except OSError as error:
+        raise BodyBrokeOff("the client went away before sending its body") from error
 
 
 async def _received(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:

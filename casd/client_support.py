@@ -1,0 +1,256 @@
+"""What :mod:`casd.client` speaks in: records, typed errors from answers, retries, files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import blake3
+
+from casd.errors import (
+    BlobNotFound,
+    BlobQuarantined,
+    CasdError,
+    DigestMismatch,
+    Forbidden,
+    InsufficientStorage,
+    InvalidDigest,
+    InvalidName,
+    InvalidRequest,
+    MismatchingUploadOffset,
+    NameNotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    PreconditionRequired,
+    Unauthorized,
+    Unavailable,
+    UnknownBlob,
+    UploadNotFound,
+)
+
+CHUNK = 1024 * 1024
+# ``progress(done, total)`` is called as bytes go out or come in.
+Progress = Callable[[int, int], None]
+
+_ERRORS: dict[str, type[CasdError]] = {
+    error.code: error
+    for error in (
+        InvalidDigest,
+        DigestMismatch,
+        InvalidName,
+        InvalidRequest,
+        BlobNotFound,
+        BlobQuarantined,
+        UnknownBlob,
+        NameNotFound,
+        PreconditionRequired,
+        PreconditionFailed,
+        UploadNotFound,
+        MismatchingUploadOffset,
+        PayloadTooLarge,
+        InsufficientStorage,
+        Unauthorized,
+        Forbidden,
+        Unavailable,
+    )
+}
+_PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+_STATUS_ERRORS: dict[int, type[CasdError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    409: MismatchingUploadOffset,
+    410: BlobQuarantined,
+    413: PayloadTooLarge,
+}
+# Transport failures: the request may not have reached the server, or its answer was lost.
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    digest: str
+    size: int
+    created: bool = False  # newly stored by this call
+
+
+@dataclass(frozen=True)
+class NameRecord:
+    name: str
+    digest: str
+    size: int
+    version: int
+    metadata: dict[str, Any]
+    healthy: bool
+    updated_at: str
+    updated_by: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> NameRecord:
+        return cls(**{field: body[field] for field in cls.__dataclass_fields__})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    action: str
+    digest: str | None
+    previous_digest: str | None
+    metadata: dict[str, Any] | None
+    actor: str
+    at: str
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> HistoryEntry:
+        values: dict[str, Any] = {field: body.get(field) for field in cls.__dataclass_fields__}
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff with jitter: ``attempts`` tries in a row that make no progress."""
+
+    attempts: int = 8
+    first_delay: float = 0.25
+    max_delay: float = 8.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.max_delay, self.first_delay * 2.0 ** (failures - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+def error_from_problem(
+    status: int, body: Any, headers: dict[str, str], not_found: type[CasdError] = BlobNotFound
+) -> CasdError:
+    """The typed error for an error answer; one without a problem body (an answer to HEAD, a
+    proxy's page) is typed by its status, ``not_found`` for 404."""
+    kind: type[CasdError]
+    error: CasdError
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
+        text = str(body)[:200] if body else ""
+        kind = {404: not_found, **_STATUS_ERRORS}.get(status, InvalidRequest)
+        if status >= 500:
+            kind = Unavailable
+        error = kind(f"HTTP {status} {text}".strip(), headers=headers)
+    else:
+        kind = _ERRORS.get(body["code"], CasdError)
+        extra = {key: value for key, value in body.items() if key not in _PROBLEM_MEMBERS}
+        error = kind(str(body.get("detail") or ""), headers=headers, **extra)
+        error.code = body["code"]
+    error.status = status
+    return error
+
+
+async def raise_for_problem(
+    response: aiohttp.ClientResponse, not_found: type[CasdError] = BlobNotFound
+) -> None:
+    """Raise the typed error of an error answer."""
+    text = await response.text(errors="replace")
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    raise error_from_problem(response.status, body, dict(response.headers), not_found)
+
+
+def unreachable(url: str, error: BaseException) -> Unavailable:
+    return Unavailable(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """The digest and size of a file (blocking; every core helps)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    size = 0
+    with path.open("rb") as file:
+        while chunk := file.read(16 * CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return "blake3:" + hasher.hexdigest(), size
+
+
+async def file_chunks(
+    path: Path, start: int, end: int, progress: Progress | None
+) -> AsyncIterator[bytes]:
+    """Bytes ``start``..``end`` of a file, reporting progress as they are handed out."""
+    file = await asyncio.to_thread(path.open, "rb")
+    try:
+        await asyncio.to_thread(file.seek, start)
+        position = start
+        while position < end:
+            chunk = await asyncio.to_thread(file.read, min(CHUNK, end - position))
+            if not chunk:
+                raise InvalidRequest(f"{path} shrank while it was being uploaded")
+            position += len(chunk)
+            yield chunk
+            if progress:
+                progress(position, end)
+    finally:
+        file.close()
+
+
+async def buffers(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The response body in buffers of about CHUNK bytes (fewer thread hand-offs)."""
+    parts: list[bytes] = []
+    gathered = 0
+    async for chunk in content.iter_any():
+        parts.append(chunk)
+        gathered += len(chunk)
+        if gathered >= CHUNK:
+            yield b"".join(parts)
+            parts, gathered = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+def offset_header(error: CasdError) -> int | None:
+    raw = error.headers.get("Upload-Offset", "")
+    return int(raw) if raw.isdigit() else None
+
+
+class Download:
+    """A temporary file being filled and hashed, resumable at its size (blocking methods)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("xb")
+        self.hasher = blake3.blake3()
+        self.size = 0
+        self.total: int | None = None
+
+    def begin(self, status: int, headers: Any) -> None:
+        """Start or continue with an answer: a 206 continues at our size, a 200 starts over."""
+        if status == 206 and headers.get("Content-Range", "").startswith(f"bytes {self.size}-"):
+            self.total = int(headers["Content-Range"].rpartition("/")[2])
+            return
+        self.file.seek(0)
+        self.file.truncate()
+        self.hasher, self.size = blake3.blake3(), 0
+        length = headers.get("Content-Length")
+        self.total = int(length) if length is not None and length.isdigit() else None
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hasher.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def digest(self) -> str:
+        return "blake3:" + self.hasher.hexdigest()
