@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import blake3
 
+from casd import metrics
 from casd.blobstore import BlobStore, StagedBlob
 from casd.database import Database
 from casd.digests import digest_of, format_digest, lock_key, new_hasher
@@ -168,6 +169,8 @@ class BlobService:
         async for chunk in self.store.read(info.digest):
             await _hash(chunk, hasher)
             size += len(chunk)
+            if size > info.size:
+                break  # grown since recorded: the chunk held back may already fill the body
             if held is not None:
                 yield held
             held = chunk
@@ -181,12 +184,39 @@ class BlobService:
         async for chunk in self.store.read(info.digest, start, end):
             yield chunk
 
-    async def quarantine(self, digest: str, *, reason: str) -> None:
-        log.warning("quarantining %s: %s", digest, reason)
+    async def quarantine(self, digest: str, *, reason: str) -> bool:
+        """Move corrupt bytes out of the blob path and mark the row; True if it was done.
+
+        The bytes are hashed once more under the exclusive lock first: a re-upload may have
+        replaced them with verified ones since the caller read them (corruption is rare, so
+        the second read costs little overall). Bytes that are gone mark the row missing.
+        """
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_exclusive", lock_key(digest))
+            found = await hash_stored(self.store, digest)
+            if found is None:
+                await tx.execute("mark_blob_missing", digest)
+                return False
+            if found[0] == digest:
+                return False
+            log.warning("quarantining %s: %s", digest, reason)
             await self.store.quarantine(digest)
             await tx.execute("set_blob_status", digest, "quarantined")
+        metrics.BLOBS_QUARANTINED.inc()
+        return True
+
+    async def mark_missing(self, digest: str) -> bool:
+        """Mark a healthy row whose bytes are gone as missing; True if it was done. Decided under
+        the exclusive lock: a publish in flight moves its file in place before its row commits.
+        """
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_exclusive", lock_key(digest))
+            if await self.store.exists(digest):
+                return False
+            marked = await tx.fetchval("mark_blob_missing", digest)
+        if marked is not None:
+            log.warning("blob %s has no bytes in the store: marked missing", digest)
+        return marked is not None
 
     async def put_bytes(self, data: bytes) -> tuple[Blob, bool]:
         """Store a small in-memory blob (tests, tools)."""
@@ -209,6 +239,24 @@ async def coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byt
             parts, gathered = [], 0
     if parts:
         yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def hash_stored(
+    store: BlobStore, digest: str, pace: Callable[[int], Awaitable[None]] | None = None
+) -> tuple[str, int] | None:
+    """The digest and size of the bytes stored under ``digest``, None if there are none;
+    ``pace(n)`` is awaited after each chunk of n bytes (rate limits)."""
+    hasher = new_hasher()
+    size = 0
+    try:
+        async for chunk in store.read(digest):
+            await _hash(chunk, hasher)
+            size += len(chunk)
+            if pace is not None:
+                await pace(len(chunk))
+    except FileNotFoundError:
+        return None
+    return format_digest(hasher), size
 
 
 async def _hash(data: bytes, hasher: blake3.blake3) -> None:

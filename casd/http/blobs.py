@@ -7,9 +7,9 @@ import logging
 from aiohttp import web
 
 from casd.auth import require_upload
-from casd.blobs import Blob, BlobInfo, CorruptBlob
+from casd.blobs import Blob, BlobInfo
 from casd.digests import parse_digest
-from casd.errors import ExpectationFailed, InvalidRequest
+from casd.errors import CasdError, ExpectationFailed, InvalidRequest
 from casd.http.context import request_token, require_reader, services
 from casd.http.ranges import parse_range
 
@@ -135,9 +135,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in chunks:
             await response.write(chunk)
-    except CorruptBlob:
+    except (CasdError, OSError) as error:
         # Headers are gone already: cut the connection so the client sees a short transfer.
-        log.error("aborted GET of corrupt blob %s", digest)
+        # (An error answer written now would reach the client as more body bytes.)
+        log.error("aborted GET of blob %s: %s", digest, error)
         if request.transport is not None:
             request.transport.abort()
         return response
