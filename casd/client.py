@@ -53,6 +53,7 @@ from casd.errors import (
     BlobNotFound,
     CasdError,
     DigestMismatch,
+    InvalidRequest,
     MismatchingUploadOffset,
     NameNotFound,
     PreconditionFailed,
@@ -265,6 +266,11 @@ class Client:
                 raise
             except Unavailable:
                 failures, offset = failures + 1, None
+            except InvalidRequest as error:
+                if "Upload-Offset" not in error.headers:
+                    raise
+                # The body broke off on the way (a proxy, say); the server kept what came.
+                failures, offset = failures + 1, offset_header(error)
             if failures >= self.retry.attempts:
                 raise Unavailable(f"the upload to {upload_url} made no progress; giving up")
             await asyncio.sleep(self.retry.delay(failures))

@@ -264,3 +264,51 @@ async def test_tokens_and_errors_are_typed(module_server: CasdServer, tmp_path: 
             await scoped.tag("elsewhere/f.img", blob.digest)
         assert (forbidden.value.code, forbidden.value.status) == ("forbidden", 403)
     assert blob.digest == "blake3:" + blake3.blake3(b"data").hexdigest()
+
+
+class FakeUploadServer:
+    """A real HTTP server on loopback that plays an upload endpoint: it keeps the first half
+    of the first PATCH and answers it like casd answers a body that broke off."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.patches: list[int] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("HEAD", "/v1/uploads/u1", self.head)
+        app.router.add_patch("/v1/uploads/u1", self.patch)
+        return app
+
+    async def head(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Upload-Offset": str(len(self.received))})
+
+    async def patch(self, request: web.Request) -> web.Response:
+        self.patches.append(int(request.headers["Upload-Offset"]))
+        body = await request.read()
+        if len(self.patches) == 1:
+            self.received += body[: len(body) // 2]
+            problem = {"type": "about:blank", "title": "Invalid request", "status": 400}
+            problem |= {"detail": "the body broke off", "code": "invalid-request"}
+            return web.json_response(
+                problem, status=400, headers={"Upload-Offset": str(len(self.received))}
+            )
+        self.received += body
+        digest = digest_of(bytes(self.received))
+        return web.json_response({"digest": digest, "size": len(self.received)}, status=201)
+
+
+async def test_resume_goes_on_after_a_broken_body_answer(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    source = write(tmp_path / "f.img", data)
+    fake = FakeUploadServer()
+    retry = Retry(attempts=3, first_delay=0.01)
+    async with (
+        TestServer(fake.app(), host="127.0.0.1") as test_server,
+        Client(str(test_server.make_url("")), retry=retry) as casd,
+    ):
+        url = str(test_server.make_url("/v1/uploads/u1"))
+        blob = await casd.resume_upload(url, source, digest=digest_of(data))
+    assert (blob.digest, blob.size) == (digest_of(data), len(data))
+    assert fake.patches == [0, 50_000]
+    assert bytes(fake.received) == data

@@ -56,9 +56,14 @@ def two_workers(
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[CasdServer]:
-    """Idle uploads expire after a second; blobs may have at most 1 MiB."""
+    """Idle uploads expire after a second; blobs may have at most 1 MiB; two workers sweep."""
     server = start_server(
-        tmp_path_factory, postgres_url, CASD_UPLOAD_TTL="1s", CASD_MAX_BLOB_SIZE="1MiB"
+        tmp_path_factory,
+        postgres_url,
+        "--workers",
+        "2",
+        CASD_UPLOAD_TTL="1s",
+        CASD_MAX_BLOB_SIZE="1MiB",
     )
     yield server
     server.stop()
@@ -239,6 +244,33 @@ async def test_upload_length_is_enforced(
     assert answer.body == {"digest": digest_of(b"late length"), "size": 11}
 
 
+async def test_bad_headers_change_nothing(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    token = module_server.admin_token
+    before = await upload_rows(module_server)
+    for headers, code in [
+        ({"Casd-Digest": "sha256:" + "0" * 64}, "invalid-digest"),
+        ({"Upload-Length": "-5"}, "invalid-request"),
+        ({"Upload-Length": "ten"}, "invalid-request"),
+        ({"Upload-Complete": "yes"}, "invalid-request"),
+    ]:
+        answer = await call(
+            http,
+            "POST",
+            f"{module_server.url}/v1/uploads",
+            data=b"body",
+            headers=bearer(token) | headers,
+        )
+        assert (answer.status, answer.body["code"]) == (400, code), headers
+    assert await upload_rows(module_server) == before
+
+    url = await create_upload(http, module_server, token, data=b"1234")
+    answer = await patch(http, url, token, 4, b"x", Casd_Digest="blake3:xyz")
+    assert (answer.status, answer.body["code"]) == (400, "invalid-digest")
+    assert await offset_of(http, url, token) == 4
+
+
 async def test_delete_removes_the_staged_bytes(
     module_server: CasdServer, http: aiohttp.ClientSession
 ) -> None:
@@ -390,6 +422,43 @@ async def test_killed_server_keeps_the_recorded_offset(
     module_server.start()
     assert await offset_of(http, url, token) == MiB
     answer = await patch(http, url, token, MiB, data[MiB:], complete=True)
+    assert answer.body == {"digest": digest_of(data), "size": len(data)}
+
+
+async def test_uploads_go_on_when_the_lease_connection_is_lost(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    """The database drops the connection a server listens and holds its process lock on: the
+    server ends its writers (keeping their bytes), reconnects, and uploads go on."""
+    token = module_server.admin_token
+    data = os.urandom(4 * MiB)
+    url = await create_upload(http, module_server, token, Casd_Digest=digest_of(data))
+    hanging = HangingPatch(module_server, url, token)
+    try:
+        await hanging.send(0, len(data), data[: 2 * MiB])
+        staged = staged_file(module_server, url)
+        await wait_until(lambda: staged.stat().st_size >= MiB, "the server to write")
+        numbers = len(lease_pids(module_server.log()))
+        connection = await module_server.connect_db()
+        try:
+            terminated = await connection.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = $1 AND objsubid = 2 AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())",
+                0x63617364,
+            )
+        finally:
+            await connection.close()
+        assert len(terminated) == 1
+        assert (await hanging.ended()).startswith(b"HTTP/1.1 503"), "its writer was ended"
+        await wait_until(
+            lambda: len(lease_pids(module_server.log())) > numbers, "the server to reconnect"
+        )
+    finally:
+        hanging.close()
+    offset = await offset_of(http, url, token)
+    assert MiB <= offset <= 2 * MiB
+    answer = await patch(http, url, token, offset, data[offset:], complete=True)
     assert answer.body == {"digest": digest_of(data), "size": len(data)}
 
 
