@@ -152,12 +152,17 @@ class BlobService:
         return info
 
     async def stored(self, digest: str) -> BlobInfo | None:
-        """The blob's info if it is stored and healthy, counting this as a use of it."""
-        info = await self.info(digest)
-        if info is None or not info.healthy:
+        """The blob's info if it is stored and healthy, counting this as a use of it (a
+        re-upload). Under the shared lock: the collector either deleted it before (None, so
+        the caller sends the bytes again) or sees it used just now and keeps it."""
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_shared", lock_key(digest))
+            row = await tx.fetchrow("use_healthy_blob", digest)
+        if row is None:
             return None
-        await self.db.execute("touch_blob", digest)
-        return info
+        return BlobInfo(
+            row["digest"], row["size"], row["status"], row["created_at"], row["last_used_at"]
+        )
 
     async def read_verified(self, info: BlobInfo) -> AsyncIterator[bytes]:
         """The blob's bytes, hashed as they go; the last chunk is held back until the hash is

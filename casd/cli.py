@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from casd import cli_client
-from casd.config import Settings, load_settings
+from casd.config import Settings, load_settings, parse_duration
 from casd.errors import CasdError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,6 +156,118 @@ def token_revoke(token_id: int, **options: Any) -> None:
     if not with_tokens(settings_from(**options), lambda store: store.revoke(token_id)):
         raise click.ClickException(f"no active token with id {token_id}")
     click.echo(f"revoked token {token_id}", err=True)
+
+
+# --- scrub and gc: the integrity of stored blobs (casd/scrub.py, casd/gc.py) ---
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """30s, 15m, 24h, 7d (see casd.config.parse_duration) as seconds."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+def with_blobs(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``work(blob_service)`` on the server's database and data directory."""
+    from casd.blobs import BlobService
+    from casd.blobstore import LocalBlobStore
+    from casd.database import Database, migrate
+
+    async def run(url: str) -> Any:
+        await migrate(url)
+        db = await Database.connect(url, max_size=2)
+        store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
+        try:
+            return await work(BlobService(db, store))
+        finally:
+            await db.close()
+
+    return with_database(settings, run)
+
+
+@main.command()
+@server_options
+@click.option(
+    "--older-than",
+    callback=duration,
+    metavar="DURATION",
+    help="Re-hash only blobs not verified for this long (7d); check the others are there.",
+)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MB/S",
+    help="Read at most this many MB (10^6 bytes) per second.",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 if blobs were found damaged.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def scrub(
+    older_than: float | None, max_rate: float | None, strict: bool, as_json: bool, **options: Any
+) -> None:
+    """Re-hash stored blobs, quarantine the corrupt, reconcile files and rows."""
+    from casd.scrub import MB, Scrubber
+
+    rate = max_rate * MB if max_rate else None
+    report = with_blobs(
+        settings_from(**options),
+        lambda blobs: Scrubber(blobs, older_than=older_than, max_rate=rate).run(),
+    )
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.summary()))
+    if strict and report.damaged:
+        fail(
+            f"scrub found damaged blobs: {report.corrupt} corrupt, {report.missing} missing,"
+            f" {report.orphans_quarantined} orphan files that did not match"
+        )
+
+
+@main.command()
+@server_options
+@click.option(
+    "--grace",
+    callback=duration,
+    metavar="DURATION",
+    help="Keep what was uploaded this recently (env CASD_GC_GRACE, 24h).",
+)
+@click.option(
+    "--keep-versions",
+    type=click.IntRange(min=0),
+    help="Keep the last N digests of every name's history (env CASD_KEEP_VERSIONS, 10).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be collected; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def gc(
+    grace: float | None, keep_versions: int | None, dry_run: bool, as_json: bool, **options: Any
+) -> None:
+    """Delete blobs that no name keeps and nobody uploaded recently."""
+    from casd.gc import Collector
+
+    settings = settings_from(gc_grace=grace, keep_versions=keep_versions, **options)
+    listed: list[dict[str, Any]] = []
+
+    def show(digest: str, size: int) -> None:
+        listed.append({"digest": digest, "size": size})
+        if dry_run and not as_json:
+            click.echo(f"{digest}\t{size}")
+
+    def collect(blobs: Any) -> Coroutine[Any, Any, Any]:
+        policy = Collector(
+            blobs,
+            keep_versions=settings.keep_versions,
+            grace=settings.gc_grace,
+            dry_run=dry_run,
+            on_blob=show,
+        )
+        return policy.run()
+
+    report = with_blobs(settings, collect)
+    if as_json:
+        click.echo(json.dumps(report.as_dict() | {"blobs": listed}, indent=2))
+    else:
+        click.echo(report.summary())
 
 
 # --- client commands: put, get, resolve, tag, history (casd/cli_client.py) ---

@@ -66,6 +66,7 @@ class Settings:
     max_blob_size: int | None = None
     upload_ttl: float = 24 * 3600
     scrub_interval: float | None = None
+    scrub_max_rate: float | None = None  # MB/s (10**6 bytes) read by the periodic scrub
     keep_versions: int = 10
     gc_grace: float = 24 * 3600
     verify_reads: bool = True
@@ -115,6 +116,7 @@ _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "CASD_MAX_BLOB_SIZE": ("max_blob_size", parse_size),
     "CASD_UPLOAD_TTL": ("upload_ttl", parse_duration),
     "CASD_SCRUB_INTERVAL": ("scrub_interval", parse_duration),
+    "CASD_SCRUB_MAX_RATE": ("scrub_max_rate", float),
     "CASD_KEEP_VERSIONS": ("keep_versions", int),
     "CASD_GC_GRACE": ("gc_grace", parse_duration),
     "CASD_VERIFY_READS": ("verify_reads", _env_flag),

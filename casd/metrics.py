@@ -23,6 +23,30 @@ BLOBS_CREATED = Counter("casd_blobs_created", "Blobs newly stored", registry=REG
 BLOBS_QUARANTINED = Counter(
     "casd_blobs_quarantined", "Blobs found corrupt and quarantined", registry=REGISTRY
 )
+SCRUBBED_BLOBS = Counter("casd_scrubbed_blobs", "Blobs re-hashed by scrubs", registry=REGISTRY)
+SCRUBBED_BYTES = Counter("casd_scrubbed_bytes", "Bytes re-hashed by scrubs", registry=REGISTRY)
+SCRUB_FINDINGS = Counter(
+    "casd_scrub_findings",
+    "What scrubs found and reconciled: corrupt, missing, restored, adopted, orphan_quarantined",
+    ["finding"],
+    registry=REGISTRY,
+)
+COLLECTED_BLOBS = Counter(
+    "casd_collected_blobs", "Blobs deleted by garbage collection", registry=REGISTRY
+)
+COLLECTED_BYTES = Counter(
+    "casd_collected_bytes", "Bytes deleted by garbage collection", registry=REGISTRY
+)
+# The last scrub and gc of any process (CLI or server), from the database like the gauges below.
+LAST_RUN_TIME = Gauge(
+    "casd_last_run_timestamp_seconds",
+    "When the last scrub or gc finished",
+    ["kind"],
+    registry=REGISTRY,
+)
+LAST_RUN = Gauge(
+    "casd_last_run", "Counts and bytes of the last scrub or gc", ["kind", "stat"], registry=REGISTRY
+)
 STORED_BLOBS = Gauge(
     "casd_stored_blobs", "Blobs in the store by status", ["status"], registry=REGISTRY
 )
@@ -39,4 +63,9 @@ async def render(db: Database) -> bytes:
     for row in await db.fetch("blob_totals"):
         STORED_BLOBS.labels(row["status"]).set(row["blobs"])
         STORED_BYTES.labels(row["status"]).set(row["bytes"])
+    for row in await db.fetch("last_maintenance_runs"):
+        LAST_RUN_TIME.labels(row["kind"]).set(row["finished_at"].timestamp())
+        for stat, value in row["stats"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                LAST_RUN.labels(row["kind"], stat).set(value)
     return generate_latest(REGISTRY)

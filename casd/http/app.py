@@ -16,6 +16,7 @@ from casd.database import Database
 from casd.http import blobs, names, ops, uploads
 from casd.http.context import SERVICES, Services
 from casd.http.problems import problem_middleware
+from casd.maintenance import periodic_scrub
 
 # Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
 IO_THREADS = 64
@@ -40,6 +41,14 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         await db.close()
 
     app.cleanup_ctx.append(services_ctx)
+    if settings.scrub_interval:
+        app.cleanup_ctx.append(periodic_scrub_ctx)
     for module in (blobs, names, ops, uploads):
         module.setup_routes(app)
     return app
+
+
+async def periodic_scrub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """CASD_SCRUB_INTERVAL: scrub in the background while serving."""
+    async with periodic_scrub(app[SERVICES].blobs, app[SERVICES].settings):
+        yield

@@ -1,6 +1,12 @@
 -- Scrub, reconciliation and garbage collection. Every change here runs under the blob's
 -- exclusive advisory lock (lock_blob_exclusive) and re-checks what it decided on.
 
+-- name: use_healthy_blob
+-- A re-upload of stored bytes that need not be sent again (Expect: 100-continue): it refreshes
+-- last_used_at like a re-upload does; the caller holds the shared lock.
+UPDATE blobs SET last_used_at = now() WHERE digest = $1 AND status = 'ok'
+RETURNING digest, size, status, created_at, last_used_at;
+
 -- name: mark_blob_missing
 UPDATE blobs SET status = 'missing' WHERE digest = $1 AND status = 'ok' RETURNING digest;
 
@@ -66,7 +72,9 @@ WHERE b.digest = $1
 RETURNING b.size;
 
 -- name: record_maintenance_run
-INSERT INTO maintenance_runs (kind, started_at, stats) VALUES ($1, $2, $3);
+-- $1 kind, $2 seconds it took, $3 stats: both times on the database's clock.
+INSERT INTO maintenance_runs (kind, started_at, stats)
+VALUES ($1, clock_timestamp() - make_interval(secs => $2::float8), $3);
 
 -- name: last_maintenance_runs
 -- The latest run of each kind, for /metrics.

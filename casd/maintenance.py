@@ -1,0 +1,81 @@
+"""The periodic scrub inside ``casd serve`` (``CASD_SCRUB_INTERVAL``).
+
+Every worker of every node runs the loop below; a PostgreSQL advisory lock lets one scrub at a
+time, and the last finished scrub (recorded in ``maintenance_runs`` by the CLI as well) decides
+when the next one is due, so restarts and extra nodes neither skip nor repeat scrubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from casd.blobs import BlobService
+from casd.config import Settings
+from casd.database import Database, Queries
+from casd.scrub import MB, Scrubber
+
+log = logging.getLogger(__name__)
+
+# Second key of the maintenance advisory locks (the first one is constant, see the query).
+SCRUB_LOCK = 1
+# How often a worker looks whether a scrub is due, at most.
+POLL_SECONDS = 60.0
+
+
+@contextlib.asynccontextmanager
+async def maintenance_lock(db: Database, key: int) -> AsyncIterator[bool]:
+    """Try to take a session advisory lock on a connection of its own; yields whether it did.
+    (asyncpg also unlocks everything when the connection goes back to the pool.)"""
+    async with db.pool.acquire() as connection:
+        queries = Queries(connection)
+        held: bool = await queries.fetchval("try_lock_maintenance", key)
+        try:
+            yield held
+        finally:
+            if held:
+                await queries.fetchval("unlock_maintenance", key)
+
+
+async def scrub_if_due(blobs: BlobService, settings: Settings) -> bool:
+    """Scrub if no scrub finished within the interval and no other process is scrubbing."""
+    assert settings.scrub_interval is not None
+    interval = settings.scrub_interval
+    if not await blobs.db.fetchval("maintenance_due", "scrub", interval):
+        return False
+    async with maintenance_lock(blobs.db, SCRUB_LOCK) as held:
+        # Checked again under the lock: another process may have just finished one.
+        if not held or not await blobs.db.fetchval("maintenance_due", "scrub", interval):
+            return False
+        rate = settings.scrub_max_rate * MB if settings.scrub_max_rate else None
+        scrubber = Scrubber(blobs, older_than=interval, max_rate=rate)
+        report = await scrubber.run()
+    log.info("periodic scrub: %s", "; ".join(report.summary()))
+    return True
+
+
+async def scrub_periodically(blobs: BlobService, settings: Settings) -> None:
+    assert settings.scrub_interval is not None
+    poll = min(settings.scrub_interval, POLL_SECONDS)
+    while True:
+        # Jitter spreads the workers of a node (and the nodes) over the poll period.
+        await asyncio.sleep(poll * random.uniform(0.5, 1.0))
+        try:
+            await scrub_if_due(blobs, settings)
+        except Exception:
+            log.exception("periodic scrub failed; trying again later")
+
+
+@contextlib.asynccontextmanager
+async def periodic_scrub(blobs: BlobService, settings: Settings) -> AsyncIterator[None]:
+    """Run the periodic scrub in the background for as long as the context lasts."""
+    task = asyncio.create_task(scrub_periodically(blobs, settings), name="casd-periodic-scrub")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
