@@ -47,17 +47,21 @@ async def test_scrub_quarantines_rot_and_reports_it(
         http, server, server.admin_token, name, {"digest": digest_of(rotten)}, create_only()
     )
     assert status == 201
+    # One rotten blob is found by a reader first; the scrub finds the second one.
+    first = await stored_blob(http, server, 50_000)
+    flip_byte(blob_path(server.data_dir, digest_of(first)), 49_000)
+    assert (await full_get(http, f"{server.url}/v1/blobs/{digest_of(first)}"))[0] is None
     flip_byte(blob_path(server.data_dir, digest_of(rotten)), 2 * MiB + 5)
 
     report = run_json(server, "scrub")
 
-    assert report["checked"] == 4
+    assert report["checked"] == 4, "the quarantined blob has no bytes left to check"
     assert report["checked_bytes"] == sum(map(len, intact)) + len(rotten)
     assert (report["corrupt"], report["corrupt_bytes"]) == (1, len(rotten))
     assert report["damaged"] is True
     assert report["missing"] == report["adopted"] == 0
     rows = await blob_rows(server)
-    assert rows[digest_of(rotten)] == "quarantined"
+    assert rows[digest_of(rotten)] == rows[digest_of(first)] == "quarantined"
     assert all(rows[digest_of(data)] == "ok" for data in intact)
     assert len(quarantined_files(server, digest_of(rotten))) == 1
     async with http.get(f"{server.url}/v1/blobs/{digest_of(rotten)}") as response:
@@ -239,3 +243,20 @@ async def test_periodic_scrub_one_process_at_a_time(
     for earlier, later in itertools.pairwise(runs):
         assert later["started_at"] >= earlier["finished_at"], "two scrubs ran at once"
     assert not blob_path(server.data_dir, digest_of(data)).exists()
+
+
+async def test_scrub_and_gc_work_on_an_embedded_database_with_the_server_stopped(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = casd_server_factory(embedded=True)
+    data = await stored_blob(http, server, 70_000)
+    flip_byte(blob_path(server.data_dir, digest_of(data)), 100)
+    server.stop()
+
+    report = run_json(server, "scrub")
+    assert (report["checked"], report["corrupt"]) == (1, 1)
+    assert run_json(server, "gc", "--dry-run")["collected"] == 0
+
+    server.start()
+    async with http.get(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
+        assert response.status == 410
