@@ -263,6 +263,10 @@ class UploadLeases:
             if not waiters:
                 self._waiters.pop(upload_id, None)
 
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` was neither released nor removed yet."""
+        return lease in self._leases.get(lease.upload_id, ())
+
     def _register(self, lease: Lease) -> None:
         self._leases.setdefault(lease.upload_id, set()).add(lease)
 

@@ -196,17 +196,26 @@ class UploadService:
         self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
     ) -> UploadStatus | Blob:
         lease.on_stop(lambda reason: body.interrupt(WriterStopped(reason)))
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                staging = self.store.resumable(lease.upload_id, lease.row.offset)
-                staged = await stack.enter_async_context(staging)
-            except FileNotFoundError as error:
-                await self._discard(lease)
-                raise UploadNotFound("the staged bytes of this upload are lost") from error
-            except BaseException:
-                await self._release(lease, lease.row.offset)
-                raise
-            return await self._write(lease, request, body, _Sink(staged, lease.row.offset), fresh)
+        recorded = lease.row.offset
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    staging = self.store.resumable(lease.upload_id, lease.row.offset)
+                    staged = await stack.enter_async_context(staging)
+                except FileNotFoundError as error:
+                    await self._discard(lease)
+                    raise UploadNotFound("the staged bytes of this upload are lost") from error
+                sink = _Sink(staged, lease.row.offset)
+                try:
+                    return await self._write(lease, request, body, sink, fresh)
+                finally:
+                    recorded = sink.recorded
+        finally:
+            if self.leases.holds(lease):  # a failure on the way out: let go at a safe offset
+                log.warning(
+                    "upload %s: letting go at byte %d after a failure", lease.upload_id, recorded
+                )
+                await self.leases.release(lease, recorded)
 
     async def _write(
         self, lease: Lease, request: Append, body: RequestBody, sink: _Sink, fresh: bool

@@ -304,13 +304,21 @@ async def test_size_limit_and_expiry_of_idle_uploads(
 
     idle = await create_upload(http, limited, token, data=b"idle")
     busy = await create_upload(http, limited, token, data=b"busy")
+    stuck = await create_upload(http, limited, token)
     orphan = limited.data_dir / "uploads" / ("f" * 32)
     orphan.write_bytes(b"staged bytes whose upload row is gone")
-    for _ in range(12):  # 3 s: three times the TTL, but the busy upload is never idle
-        assert (await head(http, busy, token)).status == 204
-        await asyncio.sleep(0.25)
-    assert (await head(http, idle, token)).status == 404
-    assert not staged_file(limited, idle).exists()
+    silent = HangingPatch(limited, stuck, token)
+    try:
+        await silent.send(0, 1000, b"s" * 10)  # then silence, for longer than the TTL
+        for _ in range(12):  # 3 s: three times the TTL, but the busy upload is never idle
+            assert (await head(http, busy, token)).status == 204
+            await asyncio.sleep(0.25)
+        assert (await silent.ended()).startswith(b"HTTP/1.1 404"), "the stuck request ended"
+    finally:
+        silent.close()
+    for gone in (idle, stuck):
+        assert (await head(http, gone, token)).status == 404
+        assert not staged_file(limited, gone).exists()
     assert not orphan.exists()
     assert await offset_of(http, busy, token) == 4
     assert staged_file(limited, busy).read_bytes() == b"busy"

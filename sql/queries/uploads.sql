@@ -63,8 +63,13 @@ SELECT epoch, pg_notify('casd_uploads', id || ' ' || epoch) AS notified FROM rel
 DELETE FROM uploads WHERE id = $1 AND writer_epoch = $2 RETURNING id;
 
 -- name: expire_uploads
--- Idle uploads; several processes may sweep at once, each row goes to one of them.
-DELETE FROM uploads WHERE updated_at < now() - make_interval(secs => $1::float8) RETURNING id;
+-- Idle uploads; several processes may sweep at once, each row goes to one of them. A request
+-- still stuck writing to one (a client silent for that long) hears of it and ends.
+WITH expired AS (
+    DELETE FROM uploads WHERE updated_at < now() - make_interval(secs => $1::float8)
+    RETURNING id
+)
+SELECT id, pg_notify('casd_uploads', id || ' 9223372036854775807') AS notified FROM expired;
 
 -- name: existing_upload_ids
 SELECT id FROM uploads WHERE id = ANY($1::text[]);
