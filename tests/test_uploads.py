@@ -253,6 +253,7 @@ async def test_bad_headers_change_nothing(
         ({"Casd-Digest": "sha256:" + "0" * 64}, "invalid-digest"),
         ({"Upload-Length": "-5"}, "invalid-request"),
         ({"Upload-Length": "ten"}, "invalid-request"),
+        ({"Upload-Length": "9" * 5000}, "invalid-request"),
         ({"Upload-Complete": "yes"}, "invalid-request"),
     ]:
         answer = await call(

@@ -63,8 +63,8 @@ def header_int(request: web.Request, name: str) -> int | None:
     raw = request.headers.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not raw.isascii():
-        raise InvalidRequest(f"{name} {raw[:40]!r} is not a non-negative integer")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        raise InvalidRequest(f"{name} {raw[:40]!r} is not a non-negative 64-bit integer")
     return int(raw)
 
 
