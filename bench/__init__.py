@@ -1,0 +1,6 @@
+"""casd's benchmark: measured speed against the machine's limits and against peers, in one run.
+
+``python -m bench`` (see bench/README.md) starts casd, and the peers found on the machine, on
+loopback ports, runs bounded workloads against each side by side, prints a table and writes
+``bench/results/latest.json``.
+"""
