@@ -72,6 +72,12 @@ async def test_admin_commands_share_a_running_embedded_database(
     assert postgres_processes(server.data_dir) == []
 
 
+def access_log_pids(server: CasdServer, method: str) -> set[str]:
+    """The process ids that logged answers to ``method`` requests."""
+    marker = f'"method": "{method}"'
+    return {line.split()[2] for line in server.log().splitlines() if marker in line}
+
+
 async def test_two_workers_share_port_and_database(
     casd_server_factory: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -86,6 +92,13 @@ async def test_two_workers_share_port_and_database(
     blobs = [os.urandom(50_000 + n) for n in range(40)]
     connector = aiohttp.TCPConnector(force_close=True)  # new connections spread over workers
     async with aiohttp.ClientSession(connector=connector) as fresh:
+        # /readyz answered once; the other worker may still be starting.
+        for _ in range(300):
+            if len(access_log_pids(server, "GET")) == 2:
+                break
+            async with fresh.get(f"{server.url}/healthz") as response:
+                assert response.status == 200
+        assert len(access_log_pids(server, "GET")) == 2, "both workers serve"
         results = await asyncio.gather(
             *(put_blob(fresh, server.url, server.admin_token, data) for data in blobs)
         )
@@ -93,10 +106,7 @@ async def test_two_workers_share_port_and_database(
         for data in blobs:
             async with fresh.get(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
                 assert await response.read() == data
-    serving_pids = {
-        line.split()[2] for line in server.log().splitlines() if '"method": "PUT"' in line
-    }
-    assert len(serving_pids) == 2, "both workers answered uploads"
+    assert len(access_log_pids(server, "PUT")) == 2, "both workers answered uploads"
     assert server.stop() == 0
     assert not any(worker.is_running() for worker in workers), "workers stop with the server"
 
