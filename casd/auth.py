@@ -7,19 +7,31 @@ covers every name.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from casd.database import Database, Queries
-from casd.errors import Forbidden, InvalidName, Unauthorized
+from casd.database import Database, Listener, Queries
+from casd.errors import CasdError, Forbidden, InvalidName, Unauthorized
 from casd.names import validate_name
 
+log = logging.getLogger(__name__)
+
 SECRET_PREFIX = "casd_"
+# A server trusts a token that authenticated again, without a query, for this long, and only
+# while it listens for revocations: every revocation (by any process) empties the cache of every
+# server, so it takes effect at once; the time limit only bounds a notification gone astray.
+TOKEN_CACHE_SECONDS = 2.0
+TOKEN_CACHE_SIZE = 1024
+REVOCATIONS = "casd_token_revoked"  # the notification channel revoke_token speaks on
+REWATCH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,56 @@ def _token_from_row(row: Any) -> Token:
 class TokenStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._recent: dict[bytes, tuple[float, Token]] = {}
+        self._generation = 0  # grows with every revocation heard of
+        self._listener: Listener | None = None
+        self._database_url: str | None = None
+        self._rewatch_at = 0.0
+
+    async def watch_revocations(self, database_url: str) -> None:
+        """Listen for revocations on a connection of its own; authenticated tokens are cached
+        only while it listens (servers call this, one-shot commands need not)."""
+        self._database_url = database_url
+        self._rewatch_at = time.monotonic() + REWATCH_SECONDS
+        try:
+            self._listener = await Listener.open(
+                database_url, REVOCATIONS, self._forget, self._lost
+            )
+        except CasdError as error:
+            log.warning("tokens: not caching, cannot listen for revocations: %s", error.detail)
+
+    async def close(self) -> None:
+        listener, self._listener, self._database_url = self._listener, None, None
+        if listener is not None:
+            await listener.close()
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self._recent.clear()
+
+    def _lost(self) -> None:
+        log.warning("tokens: lost the revocations listener; not caching until it is back")
+        self._listener = None
+        self._forget()
+
+    def _cached(self, digest: bytes) -> Token | None:
+        if self._listener is None:
+            if self._database_url and time.monotonic() > self._rewatch_at:
+                self._rewatch_at = time.monotonic() + REWATCH_SECONDS
+                asyncio.get_running_loop().create_task(self.watch_revocations(self._database_url))
+            return None
+        recent = self._recent.get(digest)
+        if recent is None or time.monotonic() > recent[0]:
+            return None
+        return recent[1]
+
+    def _remember(self, digest: bytes, token: Token, generation: int) -> None:
+        # A revocation heard while the query ran may concern this token: do not keep it.
+        if self._listener is None or generation != self._generation:
+            return
+        if len(self._recent) >= TOKEN_CACHE_SIZE:
+            self._recent.clear()  # bounded; refilled by the next requests
+        self._recent[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, token)
 
     async def create(
         self, write_prefixes: Sequence[str], label: str = "", queries: Queries | None = None
@@ -94,10 +156,16 @@ class TokenStore:
 
     async def authenticate(self, secret: str) -> Token:
         digest = hash_secret(secret)
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        generation = self._generation
         row = await self.db.fetchrow("token_by_hash", digest)
         if row is None or not hmac.compare_digest(row["secret_hash"], digest):
             raise Unauthorized("the bearer token is unknown or revoked")
-        return _token_from_row(row)
+        token = _token_from_row(row)
+        self._remember(digest, token, generation)
+        return token
 
     async def list(self) -> list[Token]:
         return [_token_from_row(row) for row in await self.db.fetch("list_tokens")]

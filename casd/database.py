@@ -106,6 +106,41 @@ class Database(Queries):
         await self.fetchval("ping")
 
 
+class Listener:
+    """A connection of its own that hears the notifications of one channel."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self._closing = False
+
+    @classmethod
+    async def open(
+        cls, url: str, channel: str, on_notify: Callable[[], None], on_lost: Callable[[], None]
+    ) -> Listener:
+        """Call ``on_notify()`` for each notification on ``channel``, ``on_lost()`` if the
+        connection ends before :meth:`close`."""
+        with _translated_errors():
+            listener = cls(await asyncpg.connect(url))
+        try:
+            with _translated_errors():
+                await listener.connection.add_listener(channel, lambda *_: on_notify())
+        except BaseException:
+            await listener.close()
+            raise
+
+        def ended(_: object) -> None:
+            if not listener._closing:
+                on_lost()
+
+        listener.connection.add_termination_listener(ended)
+        return listener
+
+    async def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await self.connection.close()
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     # JSON in, JSON out: metadata columns are jsonb and appear as Python dicts.
     import json

@@ -37,7 +37,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             blobs=BlobService(db, store, settings.max_blob_size),
             tokens=TokenStore(db),
         )
+        await app[SERVICES].tokens.watch_revocations(database_url)
         yield
+        await app[SERVICES].tokens.close()
         await db.close()
 
     app.cleanup_ctx.append(services_ctx)

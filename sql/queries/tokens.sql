@@ -10,7 +10,11 @@ FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL;
 SELECT id, label, write_prefixes, created_at, revoked_at FROM tokens ORDER BY id;
 
 -- name: revoke_token
-UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id;
+-- Also tells every casd server (LISTEN casd_token_revoked) to forget the tokens it trusts.
+WITH revoked AS (
+    UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
+)
+SELECT id, pg_notify('casd_token_revoked', id::text) FROM revoked;
 
 -- name: lock_admin_bootstrap
 SELECT pg_advisory_xact_lock(7236832147483647);
