@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import blake3
 
@@ -126,23 +127,17 @@ class BlobService:
 
     async def info(self, digest: str) -> BlobInfo | None:
         row = await self.db.fetchrow("get_blob", digest)
-        if row is None:
-            return None
-        return BlobInfo(
-            row["digest"], row["size"], row["status"], row["created_at"], row["last_used_at"]
-        )
+        return None if row is None else _info_from_row(row)
 
     async def readable(self, digest: str) -> BlobInfo:
         """The blob's info if it can be served, else the error a client should see."""
-        info = await self.info(digest)
-        if info is None or info.status == "missing":
-            raise BlobNotFound(f"no blob {digest}")
-        if info.status == "quarantined":
-            raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
-        # Check the bytes are there before any response header goes out (scrub marks rows
-        # whose file vanished as missing; here we only refuse to serve them).
+        info = _servable(digest, await self.info(digest))
+        # Check the bytes are there before any response header goes out.
         size_on_disk = await self.store.size(digest)
         if size_on_disk is None:
+            # A quarantine or collection may be moving it right now: wait for it to commit,
+            # then answer with what it decided (scrub marks rows whose file vanished missing).
+            _servable(digest, await self._info_after_writers(digest))
             raise BlobNotFound(f"the bytes of blob {digest} are missing from the store")
         if size_on_disk != info.size:
             await self.quarantine(
@@ -151,6 +146,12 @@ class BlobService:
             raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
         return info
 
+    async def _info_after_writers(self, digest: str) -> BlobInfo | None:
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_shared", lock_key(digest))
+            row = await tx.fetchrow("get_blob", digest)
+        return None if row is None else _info_from_row(row)
+
     async def stored(self, digest: str) -> BlobInfo | None:
         """The blob's info if it is stored and healthy, counting this as a use of it (a
         re-upload). Under the shared lock: the collector either deleted it before (None, so
@@ -158,11 +159,7 @@ class BlobService:
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_shared", lock_key(digest))
             row = await tx.fetchrow("use_healthy_blob", digest)
-        if row is None:
-            return None
-        return BlobInfo(
-            row["digest"], row["size"], row["status"], row["created_at"], row["last_used_at"]
-        )
+        return None if row is None else _info_from_row(row)
 
     async def read_verified(self, info: BlobInfo) -> AsyncIterator[bytes]:
         """The blob's bytes, hashed as they go; the last chunk is held back until the hash is
@@ -230,6 +227,21 @@ class BlobService:
             yield data
 
         return await self.ingest(one_chunk(), digest_of(data), len(data))
+
+
+def _info_from_row(row: Any) -> BlobInfo:
+    return BlobInfo(
+        row["digest"], row["size"], row["status"], row["created_at"], row["last_used_at"]
+    )
+
+
+def _servable(digest: str, info: BlobInfo | None) -> BlobInfo:
+    """``info`` if its row says the blob can be served, else the error a client should see."""
+    if info is None or info.status == "missing":
+        raise BlobNotFound(f"no blob {digest}")
+    if info.status == "quarantined":
+        raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
+    return info
 
 
 async def coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
