@@ -84,33 +84,41 @@ class BlobService:
         self.check_announced_size(expected_size)
         async with self.store.staging() as staged:
             hasher = new_hasher()
-            await self._absorb_stream(chunks, hasher, staged)
-            if expected_size is not None and staged.size != expected_size:
+            last = await self._absorb_stream(chunks, hasher, staged)
+            size = staged.size + sum(len(part) for part in last)
+            if expected_size is not None and size != expected_size:
                 raise IncompleteBody(
-                    f"received {staged.size} of {expected_size} announced bytes; nothing stored"
+                    f"received {size} of {expected_size} announced bytes; nothing stored"
                 )
             digest = format_digest(hasher)
             if expected_digest is not None and digest != expected_digest:
                 raise DigestMismatch(f"the body hashes to {digest}, not {expected_digest}")
-            await staged.finish()
+            await staged.finish(last)
             created = await self.publish(staged, digest)
             return Blob(digest, staged.size), created
 
     async def _absorb_stream(
         self, chunks: AsyncIterable[bytes], hasher: blake3.blake3, staged: StagedBlob
-    ) -> None:
-        """Receive the next buffer while the previous one is hashed and written."""
+    ) -> list[bytes]:
+        """Receive the next buffer while the previous one is hashed and written. The last one
+        is only hashed: it is returned to be written along with the fsync (for a small blob,
+        one thread hand-off in all)."""
         pending: asyncio.Future[None] | None = None
+        held: list[bytes] = []
         received = 0
         try:
-            async for buffer in coalesce(chunks, INGEST_BUFFER):
-                received += len(buffer)
+            async for parts, size in gather_parts(chunks, INGEST_BUFFER):
+                received += size
                 self.check_announced_size(received)
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(_absorb(buffer, hasher, staged))
+                if held:
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(_absorb(held, hasher, staged))
+                held = parts
             if pending is not None:
                 await pending
+            await _hash_parts(held, hasher)
+            return held
         finally:
             # Never leave a thread writing to a staging file that is about to be removed.
             if pending is not None and not pending.done():
@@ -120,9 +128,12 @@ class BlobService:
     async def publish(self, staged: StagedBlob, digest: str) -> bool:
         """Move verified, durable bytes under their digest and record them; True if new."""
         async with self.db.transaction() as tx:
-            await tx.execute("lock_blob_shared", lock_key(digest))
+            # The row first (under the shared lock, one round trip): it commits only once the
+            # bytes are in place, so nobody sees it before, and a failed move rolls it back.
+            created: bool = await tx.fetchval(
+                "lock_and_upsert_blob", digest, staged.size, lock_key(digest)
+            )
             await self.store.publish(staged, digest)
-            created: bool = await tx.fetchval("upsert_blob", digest, staged.size)
         return created
 
     async def info(self, digest: str) -> BlobInfo | None:
@@ -244,18 +255,21 @@ def _servable(digest: str, info: BlobInfo | None) -> BlobInfo:
     return info
 
 
-async def coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroup a stream of small chunks into buffers of at least ``size`` bytes."""
+async def gather_parts(
+    chunks: AsyncIterable[bytes], size: int
+) -> AsyncIterator[tuple[list[bytes], int]]:
+    """Group a stream of chunks into lists of at least ``size`` bytes (and their size),
+    without joining them: the chunks go to the hasher and to writev as they are."""
     parts: list[bytes] = []
     gathered = 0
     async for chunk in chunks:
         parts.append(chunk)
         gathered += len(chunk)
         if gathered >= size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            yield parts, gathered
             parts, gathered = [], 0
     if parts:
-        yield parts[0] if len(parts) == 1 else b"".join(parts)
+        yield parts, gathered
 
 
 async def hash_stored(
@@ -283,10 +297,22 @@ async def _hash(data: bytes, hasher: blake3.blake3) -> None:
         await asyncio.to_thread(hasher.update, data)
 
 
-async def _absorb(data: bytes, hasher: blake3.blake3, staged: StagedBlob) -> None:
-    """Hash and write one buffer at once, on two threads (blake3 and write release the GIL)."""
-    if len(data) <= INLINE_HASH_LIMIT:
-        hasher.update(data)
-        await staged.write(data)
+def _update(hasher: blake3.blake3, parts: list[bytes]) -> None:
+    for part in parts:
+        hasher.update(part)
+
+
+async def _hash_parts(parts: list[bytes], hasher: blake3.blake3) -> None:
+    if sum(len(part) for part in parts) <= INLINE_HASH_LIMIT:
+        _update(hasher, parts)
     else:
-        await asyncio.gather(asyncio.to_thread(hasher.update, data), staged.write(data))
+        await asyncio.to_thread(_update, hasher, parts)
+
+
+async def _absorb(parts: list[bytes], hasher: blake3.blake3, staged: StagedBlob) -> None:
+    """Hash and write one buffer at once, on two threads (blake3 and write release the GIL)."""
+    if sum(len(part) for part in parts) <= INLINE_HASH_LIMIT:
+        _update(hasher, parts)
+        await staged.write(parts)
+    else:
+        await asyncio.gather(asyncio.to_thread(_update, hasher, parts), staged.write(parts))

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from casd.digests import blob_relpath, hex_of
 from casd.errors import InsufficientStorage, Unavailable
@@ -25,6 +27,10 @@ from casd.errors import InsufficientStorage, Unavailable
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
+IOV_MAX = 1024  # buffers one writev takes at most (Linux)
+# A big upload starts the write-back of what it wrote every so many bytes, so that the disk
+# works while the rest arrives and the fsync at the end has little left to do.
+WRITEBACK_STEP = 8 * 1024 * 1024
 # How long reopening a resumable staging file waits for the previous writer to close it.
 RESUME_LOCK_WAIT = 10.0
 
@@ -34,10 +40,12 @@ class StagedBlob(Protocol):
 
     size: int
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | Sequence[bytes]) -> None:
+        """Append ``data`` (bytes, or a sequence of them written in order)."""
+        ...
 
-    async def finish(self) -> None:
-        """Make the written bytes durable (before publishing)."""
+    async def finish(self, tail: Sequence[bytes] = ()) -> None:
+        """Append ``tail``, then make every written byte durable (before publishing)."""
         ...
 
 
@@ -105,6 +113,7 @@ class LocalStagedBlob:
         self.path = path
         self.size = 0
         self.published = False
+        self._written_back = 0
         self._file = cast(BinaryIO, path.open(mode))
         # The lock tells the stale-staging sweep of any process that this file is alive.
         try:
@@ -113,18 +122,30 @@ class LocalStagedBlob:
             self._file.close()
             raise
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | Sequence[bytes]) -> None:
         await asyncio.to_thread(self.write_blocking, data)
 
-    def write_blocking(self, data: bytes | memoryview) -> None:
+    def write_blocking(self, data: bytes | memoryview | Sequence[bytes]) -> None:
         try:
-            self._file.write(data)
+            if isinstance(data, bytes | bytearray | memoryview):
+                self._file.write(data)
+                self.size += len(data)
+            elif data:
+                self._file.flush()
+                self.size += _write_all(self._file.fileno(), data)
+            if self.size - self._written_back >= WRITEBACK_STEP:
+                self._file.flush()
+                _start_writeback(self._file.fileno(), self._written_back, self.size)
+                self._written_back = self.size
         except OSError as error:
             raise _storage_error(error) from error
-        self.size += len(data)
 
-    async def finish(self) -> None:
-        await asyncio.to_thread(self.make_durable)
+    async def finish(self, tail: Sequence[bytes] = ()) -> None:
+        await asyncio.to_thread(self._write_durably, tail)
+
+    def _write_durably(self, tail: Sequence[bytes]) -> None:
+        self.write_blocking(tail)
+        self.make_durable()
 
     def make_durable(self) -> None:
         try:
@@ -198,8 +219,12 @@ class LocalBlobStore:
         try:
             yield staged
         finally:
-            # Runs on errors and on cancellation (a client that went away) alike.
-            await asyncio.shield(asyncio.to_thread(staged.discard))
+            # Runs on errors and on cancellation (a client that went away) alike. A published
+            # file is only closed (its bytes are durable already): no thread needed for that.
+            if staged.published:
+                staged.discard()
+            else:
+                await asyncio.shield(asyncio.to_thread(staged.discard))
 
     async def publish(self, staged: StagedBlob, digest: str) -> None:
         assert isinstance(staged, LocalStagedBlob)
@@ -326,6 +351,39 @@ class LocalBlobStore:
     def resumable_keys(self) -> Iterator[str]:
         for path in self.uploads_dir.iterdir():
             yield path.name
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None  # not Linux: the fsync does all the work, as it would anyway
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writing dirty pages of the range back; wait for nothing
+
+
+def _start_writeback(fd: int, start: int, end: int) -> None:
+    """A hint to the kernel (its result does not matter: the fsync before publishing does)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
+def _write_all(fd: int, parts: Sequence[bytes]) -> int:
+    """Write every byte of ``parts`` in order, in as few system calls as the kernel allows."""
+    views = [memoryview(part) for part in parts if part]
+    total = sum(len(view) for view in views)
+    while views:
+        written = os.writev(fd, views[:IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
+    return total
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -44,6 +44,22 @@ def _translated_errors() -> Any:
         yield
     except _CONNECTION_ERRORS as error:
         raise Unavailable(f"database unavailable: {type(error).__name__}") from error
+
+
+class _Connection(asyncpg.Connection):
+    """Skips asyncpg's reset query on release (a round trip each time) when only named queries
+    ran since the connection was acquired: they leave no session state behind (their advisory
+    locks are transaction-scoped). Whatever acquires the pool directly gets the full reset."""
+
+    __slots__ = ("_named_only",)
+
+    def mark_named_only(self) -> None:
+        self._named_only = True
+
+    def get_reset_query(self) -> str:
+        named_only = getattr(self, "_named_only", False)
+        self._named_only = False
+        return "" if named_only else str(super().get_reset_query())
 
 
 class Queries:
@@ -81,9 +97,40 @@ class Database(Queries):
     async def connect(cls, url: str, *, max_size: int = 20) -> Database:
         with _translated_errors():
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+                url,
+                min_size=1,
+                max_size=max_size,
+                init=_init_connection,
+                command_timeout=60,
+                connection_class=_Connection,
             )
         return cls(pool, url)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Queries]:
+        async with self.pool.acquire() as connection:
+            yield Queries(connection)
+            cast(_Connection, connection).mark_named_only()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        with _translated_errors():
+            async with self._connection() as queries:
+                return await queries.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        with _translated_errors():
+            async with self._connection() as queries:
+                return await queries.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with _translated_errors():
+            async with self._connection() as queries:
+                return await queries.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with _translated_errors():
+            async with self._connection() as queries:
+                return await queries.execute(query, *args)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -99,8 +146,10 @@ class Database(Queries):
     async def transaction(self) -> AsyncIterator[Queries]:
         """Run named queries in one transaction on one connection."""
         with _translated_errors():
-            async with self.pool.acquire() as connection, connection.transaction():
-                yield Queries(connection)
+            async with self.pool.acquire() as connection:
+                async with connection.transaction():
+                    yield Queries(connection)
+                cast(_Connection, connection).mark_named_only()
 
     async def ping(self) -> None:
         await self.fetchval("ping")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -49,6 +50,13 @@ def content_length(request: web.Request) -> int | None:
     return int(raw)
 
 
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in the pieces that arrived, never joined (so never copied) here."""
+    async for chunk, _ in request.content.iter_chunks():
+        if chunk:
+            yield chunk
+
+
 def stored_response(blob: Blob, created: bool) -> web.Response:
     location = f"/v1/blobs/{blob.digest}"
     return web.json_response(
@@ -70,7 +78,7 @@ async def put_blob(request: web.Request) -> web.StreamResponse:
             # The client has not sent the body yet and need not: it is stored already.
             return stored_response(Blob(digest, info.size), created=False)
         await send_continue(request)
-    blob, created = await blobs.ingest(request.content.iter_any(), digest, size)
+    blob, created = await blobs.ingest(body_chunks(request), digest, size)
     return stored_response(blob, created)
 
 
@@ -80,7 +88,7 @@ async def post_blob(request: web.Request) -> web.StreamResponse:
     size = content_length(request)
     blobs.check_announced_size(size)
     await send_continue(request)
-    blob, created = await blobs.ingest(request.content.iter_any(), None, size)
+    blob, created = await blobs.ingest(body_chunks(request), None, size)
     return stored_response(blob, created)
 
 

@@ -16,6 +16,15 @@ ON CONFLICT (digest) DO UPDATE
     SET last_used_at = now(), status = 'ok', verified_at = now()
 RETURNING (xmax = 0) AS created;
 
+-- name: lock_and_upsert_blob
+-- upsert_blob under lock_blob_shared, in one round trip: a publisher runs it before it moves
+-- the bytes into place, holding both the lock and the (uncommitted) row until it commits.
+INSERT INTO blobs AS b (digest, size, verified_at)
+SELECT $1, $2, now() FROM (SELECT pg_advisory_xact_lock_shared($3)) AS locked
+ON CONFLICT (digest) DO UPDATE
+    SET last_used_at = now(), status = 'ok', verified_at = now()
+RETURNING (xmax = 0) AS created;
+
 -- name: touch_blob
 UPDATE blobs SET last_used_at = now() WHERE digest = $1;
 
