@@ -254,20 +254,29 @@ class LocalBlobStore:
     async def read(
         self, digest: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        file = await asyncio.to_thread(self.path_of(digest).open, "rb")
+        want = _chunk_size(start, end)
+        # Open, seek and read the first chunk in one thread hand-off (a small blob: the only one).
+        file, chunk = await asyncio.to_thread(self._open_and_read, digest, start, want)
         try:
-            await asyncio.to_thread(file.seek, start)
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(file.read, want)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
+            position = start
+            while chunk:
+                position += len(chunk)
                 yield chunk
+                if len(chunk) < want:
+                    break  # a short read of a regular file: its end
+                want = _chunk_size(position, end)
+                chunk = await asyncio.to_thread(file.read, want) if want > 0 else b""
         finally:
             file.close()
+
+    def _open_and_read(self, digest: str, start: int, size: int) -> tuple[BinaryIO, bytes]:
+        file = self.path_of(digest).open("rb")
+        try:
+            file.seek(start)
+            return file, file.read(size) if size > 0 else b""
+        except BaseException:
+            file.close()
+            raise
 
     async def delete(self, digest: str) -> bool:
         try:
@@ -371,6 +380,10 @@ def _start_writeback(fd: int, start: int, end: int) -> None:
     """A hint to the kernel (its result does not matter: the fsync before publishing does)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
+
+def _chunk_size(position: int, end: int | None) -> int:
+    return READ_CHUNK if end is None else min(READ_CHUNK, end - position)
 
 
 def _write_all(fd: int, parts: Sequence[bytes]) -> int:
