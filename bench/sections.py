@@ -18,7 +18,7 @@ from bench import names
 from bench.config import Sizes
 from bench.data import GIB, MIB, BigFile, SmallSet, make_big_file, restamp, small_set
 from bench.httpload import LoadResult, run_load
-from bench.procs import CpuMeter
+from bench.procs import CpuMeter, descendants
 from bench.results import Results
 from bench.targets import Casd, Registry, Target
 from bench.wrk import wrk_get
@@ -62,6 +62,27 @@ class Run:
             make_big_file(path, size or self.sizes.big)
         return path
 
+    def cpu_meter(self, target: Target) -> Any:
+        """For casd: a function giving the CPU seconds (event loops, all casd, PostgreSQL)
+        spent since this call; None for peers."""
+        if not isinstance(target, Casd) or target.service is None:
+            return None
+        server = CpuMeter(target.service.tree())
+        postgres = CpuMeter(self.postgres_pids())
+
+        def spent() -> tuple[float, float, float]:
+            loop, total = server.spent()
+            return loop, total, postgres.spent()[1]
+
+        return spent
+
+    def postgres_pids(self) -> list[int]:
+        try:
+            postmaster = int((self.workdir / "pg/postgres/postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [postmaster, *descendants(postmaster)]
+
     @contextlib.contextmanager
     def profiled(self, target: Target, label: str) -> Iterator[None]:
         if isinstance(target, Casd):
@@ -75,16 +96,30 @@ def transfer(run: Run, target: Target, kind: str, action: Any, blob: BigFile) ->
     """Run one big transfer; for casd, also record the server's CPU per GiB (less noisy than
     speed on a shared machine: the event loop's share bounds what one stream can reach)."""
     settle()
-    meter = CpuMeter(target.service.tree()) if isinstance(target, Casd) and target.service else None
+    meter = run.cpu_meter(target)
     with run.profiled(target, kind.replace(".", "-")):
         seconds: float = action(blob)
     if meter is not None:
-        loop, total = meter.spent()
+        loop, total, _ = meter()
         gib = blob.size / GIB
-        label = f"{kind} {run.sizes.big_label} [{target.name}]"
-        run.results.add(f"{kind}_cpu.loop.{target.name}", f"{label} loop CPU/GiB", "s", loop / gib)
-        run.results.add(f"{kind}_cpu.all.{target.name}", f"{label} all CPU/GiB", "s", total / gib)
+        label = f"{kind.split('.')[1]} {run.sizes.big_label} [{target.name}]"
+        run.results.add(
+            f"{kind}_cpu.loop.{target.name}", f"{label} event-loop CPU", "s/GiB", loop / gib
+        )
+        run.results.add(
+            f"{kind}_cpu.all.{target.name}", f"{label} all casd CPU", "s/GiB", total / gib
+        )
     return seconds
+
+
+def record_cpu(
+    run: Run, key: str, label: str, spent: tuple[float, float, float], count: int
+) -> None:
+    """casd's CPU per request (event loop, all its threads) and PostgreSQL's."""
+    loop, total, database = (1000 * value / count for value in spent)
+    run.results.add(f"{key}.cpu_loop", f"{label} event-loop CPU", "ms/req", loop)
+    run.results.add(f"{key}.cpu_all", f"{label} all casd CPU", "ms/req", total)
+    run.results.add(f"{key}.cpu_pg", f"{label} PostgreSQL CPU", "ms/req", database)
 
 
 def settle() -> None:
@@ -214,6 +249,7 @@ def section_small(run: Run) -> None:
         for target in run.in_turn(round_index):
             small = small_set(sizes.small_count, sizes.small_size)
             settle()
+            meter = run.cpu_meter(target)
             with run.profiled(target, "small-put"):
                 result = run_async(
                     run_load(
@@ -225,6 +261,10 @@ def section_small(run: Run) -> None:
                     )
                 )
             record_load(run, f"small.put.{target.name}", f"{label} [{target.name}]", result)
+            if meter is not None:
+                record_cpu(
+                    run, f"small.put.{target.name}", f"[{target.name}]", meter(), result.count
+                )
             run.stored_small[target.name] = small
     for casd in run.casds:
         key = f"small.put.{casd.name}"
@@ -328,6 +368,7 @@ def names_round(run: Run, target: Target, book: Any) -> None:
     else:
         paths, headers = names.registry_resolve_paths(book), names.REGISTRY_ACCEPT
         distinct, hot = names.registry_flip(book, False), names.registry_flip(book, True)
+    meter = run.cpu_meter(target)
     with run.profiled(target, "names-resolve"):
         resolved = wrk_get(
             target.port,
@@ -342,6 +383,8 @@ def names_round(run: Run, target: Target, book: Any) -> None:
     label = f"resolve x{sizes.resolves}, c{sizes.resolve_concurrency} [{target.name}]"
     run.results.add(key, label, "req/s", resolved.rate)
     run.results.add(f"{key}.p99", f"{label} p99", "ms", resolved.p99_ms)
+    if meter is not None:
+        record_cpu(run, key, f"resolve [{target.name}]", meter(), resolved.requests)
     for kind, operation, count in (
         ("distinct", distinct, sizes.flips),
         ("hot", hot, sizes.hot_flips),
