@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment for the casd servers (e.g. CASD_LOG_LEVEL=WARNING)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also run casd from TREE (a directory holding casd/ and sql/, e.g. from "
+        "'git archive OLD casd sql'): figures for base-wN beside casd-wN, and their ratios",
+    )
     parser.add_argument("--profile", type=Path, help="record py-spy flame graphs of casd here")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
@@ -199,6 +206,13 @@ def main(argv: list[str] | None = None) -> None:
             Casd(workdir, create_database(pg_url, f"casd_w{count}"), count, casd_env(args))
             for count in workers
         ]
+        if args.baseline:
+            # The same workloads on another tree (an older commit, say), side by side.
+            env = {**casd_env(args), "PYTHONPATH": str(args.baseline.absolute())}
+            casds += [
+                Casd(workdir, create_database(pg_url, f"base_w{n}"), n, env, kind="base")
+                for n in workers
+            ]
         peers = make_peers(args, workdir, results)
         run = Run(sizes, results, workdir, casds, peers, args.profile)
         try:
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 server.stop()
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     results.meta["load_after"] = os.getloadavg()
+    add_baseline_ratios(results)
     add_targets(results, run)
     results.note("the machine is shared and noisy: compare ratios taken in the same run")
     print(render_table(results))
@@ -232,6 +247,18 @@ def probe(run: Run) -> None:
         run.results.note("casd has no /v1/uploads yet: resumable figures skipped")
     if not run.has_names:
         run.results.note("casd has no /v1/names yet: name figures skipped")
+
+
+def add_baseline_ratios(results: Results) -> None:
+    """casd-wN / base-wN for every headline figure measured on both."""
+    for key in list(results.figures):
+        section, _, name = key.rpartition(".")
+        if not name.startswith("casd-w") or "/" in key:
+            continue
+        base = f"{section}.{name.replace('casd-', 'base-')}"
+        if results.get(base) is not None:
+            label = results.figures[key].label.replace(f"[{name}]", "").strip()
+            results.ratio(f"baseline.{key}", f"{label}: {name} / before", key, base)
 
 
 def add_targets(results: Results, run: Run) -> None:

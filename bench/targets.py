@@ -95,8 +95,15 @@ class Casd(Target):
 
     has_names = True
 
-    def __init__(self, workdir: Path, database_url: str, workers: int, env: dict[str, str]):
-        self.name = f"casd-w{workers}"
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        workers: int,
+        env: dict[str, str],
+        kind: str = "casd",
+    ):
+        self.name = f"{kind}-w{workers}"
         super().__init__(workdir)
         self.workers = workers
         self.data_dir = self.workdir / "data"
