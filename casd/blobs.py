@@ -179,8 +179,8 @@ class BlobService:
         hasher = new_hasher()
         held: bytes | None = None
         size = 0
-        async for chunk in self.store.read(info.digest):
-            await _hash(chunk, hasher)
+        # Chunks are hashed in the thread that reads them, one chunk ahead of the sending.
+        async for chunk in read_ahead(self.store.read(info.digest, observe=hasher.update)):
             size += len(chunk)
             if size > info.size:
                 break  # grown since recorded: the chunk held back may already fill the body
@@ -194,7 +194,7 @@ class BlobService:
             yield held
 
     async def read_range(self, info: BlobInfo, start: int, end: int) -> AsyncIterator[bytes]:
-        async for chunk in self.store.read(info.digest, start, end):
+        async for chunk in read_ahead(self.store.read(info.digest, start, end)):
             yield chunk
 
     async def quarantine(self, digest: str, *, reason: str) -> bool:
@@ -272,6 +272,33 @@ async def gather_parts(
         yield parts, gathered
 
 
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncIterator[bytes]:
+    """Fetch up to ``depth`` chunks ahead of the consumer, so that reading (and hashing) the
+    next chunk in a thread overlaps with sending this one."""
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+
+    async def produce() -> None:
+        try:
+            async for chunk in source:
+                await queue.put(chunk)
+        except Exception as error:
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # Cancelling the producer closes the source (and its file) at the await it waits on.
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
 async def hash_stored(
     store: BlobStore, digest: str, pace: Callable[[int], Awaitable[None]] | None = None
 ) -> tuple[str, int] | None:
@@ -280,21 +307,13 @@ async def hash_stored(
     hasher = new_hasher()
     size = 0
     try:
-        async for chunk in store.read(digest):
-            await _hash(chunk, hasher)
+        async for chunk in store.read(digest, observe=hasher.update):
             size += len(chunk)
             if pace is not None:
                 await pace(len(chunk))
     except FileNotFoundError:
         return None
     return format_digest(hasher), size
-
-
-async def _hash(data: bytes, hasher: blake3.blake3) -> None:
-    if len(data) <= INLINE_HASH_LIMIT:
-        hasher.update(data)
-    else:
-        await asyncio.to_thread(hasher.update, data)
 
 
 def _update(hasher: blake3.blake3, parts: list[bytes]) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -62,8 +62,15 @@ class BlobStore(Protocol):
 
     async def size(self, digest: str) -> int | None: ...
 
-    def read(self, digest: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``start``..``end`` (exclusive) of a blob, in chunks."""
+    def read(
+        self,
+        digest: str,
+        start: int = 0,
+        end: int | None = None,
+        observe: Callable[[bytes], object] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start``..``end`` (exclusive) of a blob, in chunks. ``observe`` (a hasher's
+        update) sees each chunk in the thread that read it, before it is yielded."""
         ...
 
     async def delete(self, digest: str) -> bool: ...
@@ -252,11 +259,15 @@ class LocalBlobStore:
         return stat.st_size
 
     async def read(
-        self, digest: str, start: int = 0, end: int | None = None
+        self,
+        digest: str,
+        start: int = 0,
+        end: int | None = None,
+        observe: Callable[[bytes], object] | None = None,
     ) -> AsyncIterator[bytes]:
         want = _chunk_size(start, end)
         # Open, seek and read the first chunk in one thread hand-off (a small blob: the only one).
-        file, chunk = await asyncio.to_thread(self._open_and_read, digest, start, want)
+        file, chunk = await asyncio.to_thread(self._open_and_read, digest, start, want, observe)
         try:
             position = start
             while chunk:
@@ -265,15 +276,17 @@ class LocalBlobStore:
                 if len(chunk) < want:
                     break  # a short read of a regular file: its end
                 want = _chunk_size(position, end)
-                chunk = await asyncio.to_thread(file.read, want) if want > 0 else b""
+                chunk = await asyncio.to_thread(_read_chunk, file, want, observe)
         finally:
             file.close()
 
-    def _open_and_read(self, digest: str, start: int, size: int) -> tuple[BinaryIO, bytes]:
+    def _open_and_read(
+        self, digest: str, start: int, size: int, observe: Callable[[bytes], object] | None
+    ) -> tuple[BinaryIO, bytes]:
         file = self.path_of(digest).open("rb")
         try:
             file.seek(start)
-            return file, file.read(size) if size > 0 else b""
+            return file, _read_chunk(file, size, observe)
         except BaseException:
             file.close()
             raise
@@ -397,6 +410,13 @@ def _write_all(fd: int, parts: Sequence[bytes]) -> int:
         if written:
             views[0] = views[0][written:]
     return total
+
+
+def _read_chunk(file: BinaryIO, size: int, observe: Callable[[bytes], object] | None) -> bytes:
+    chunk = file.read(size) if size > 0 else b""
+    if observe is not None and chunk:
+        observe(chunk)
+    return chunk
 
 
 def _fsync_directory(directory: Path) -> None:
