@@ -26,7 +26,7 @@ from casd.errors import InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 2 * 1024 * 1024
 IOV_MAX = 1024  # buffers one writev takes at most (Linux)
 # A big upload starts the write-back of what it wrote every so many bytes, so that the disk
 # works while the rest arrives and the fsync at the end has little left to do.
