@@ -39,20 +39,10 @@ ON CONFLICT (digest) DO NOTHING
 RETURNING digest;
 
 -- name: gc_candidates
--- $1 after this digest, $2 keep_versions, $3 grace in seconds, $4 limit. Blobs that no name
--- references, that are not among the last $2 distinct digests of any name's history (a digest
--- is kept while fewer than $2 other digests followed its last use by that name), and that were
--- not uploaded or re-uploaded within the grace period.
+-- $1 after this digest, $2 keep_versions, $3 grace in seconds, $4 limit (blob_collectable:
+-- sql/0004_integrity.sql).
 SELECT b.digest, b.size FROM blobs b
-WHERE b.digest > $1
-    AND b.last_used_at < clock_timestamp() - make_interval(secs => $3::float8)
-    AND NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)
-    AND NOT EXISTS (
-        SELECT 1 FROM name_history h
-        WHERE h.digest = b.digest
-            AND (SELECT count(DISTINCT later.digest) FROM name_history later
-                 WHERE later.name = h.name AND later.version > h.version
-                     AND later.digest <> b.digest) < $2)
+WHERE b.digest > $1 AND blob_collectable(b.digest, b.last_used_at, $2, $3)
 ORDER BY b.digest
 LIMIT $4;
 
@@ -60,15 +50,7 @@ LIMIT $4;
 -- $1 digest, $2 keep_versions, $3 grace in seconds. The same conditions as gc_candidates,
 -- evaluated afresh under the blob's exclusive lock; returns the size when the row is gone.
 DELETE FROM blobs b
-WHERE b.digest = $1
-    AND b.last_used_at < clock_timestamp() - make_interval(secs => $3::float8)
-    AND NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)
-    AND NOT EXISTS (
-        SELECT 1 FROM name_history h
-        WHERE h.digest = b.digest
-            AND (SELECT count(DISTINCT later.digest) FROM name_history later
-                 WHERE later.name = h.name AND later.version > h.version
-                     AND later.digest <> b.digest) < $2)
+WHERE b.digest = $1 AND blob_collectable(b.digest, b.last_used_at, $2, $3)
 RETURNING b.size;
 
 -- name: record_maintenance_run
