@@ -56,6 +56,7 @@ async def test_token_create_list_revoke(
     finally:
         await connection.close()
     # Only the hash is kept; no column holds the secret.
+    assert stored is not None
     assert stored["secret_hash"] == hashlib.sha256(secret.encode()).digest()
     assert all(secret not in str(value) for value in stored.values())
     assert secret not in listing.stdout + json.dumps(rows)

@@ -782,7 +782,7 @@ async def test_name_put_racing_blob_removal(
                     "SELECT status FROM blobs WHERE digest = $1", digest
                 )
                 if status == 201:
-                    assert row["status"] == "ok"
+                    assert row is not None and row["status"] == "ok"
                     assert blob_path(server.data_dir, digest).exists()
                     assert (await get_name(http, server, name))[1]["healthy"] is True
                 else:
