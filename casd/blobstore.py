@@ -116,18 +116,35 @@ def _storage_error(error: OSError) -> Exception:
 class LocalStagedBlob:
     """A staging file, locked with flock for as long as its writer lives."""
 
-    def __init__(self, path: Path, mode: str = "xb") -> None:
+    def __init__(self, path: Path, mode: str = "xb", *, lazy: bool = False) -> None:
         self.path = path
         self.size = 0
         self.published = False
         self._written_back = 0
-        self._file = cast(BinaryIO, path.open(mode))
+        self._mode = mode
+        self._opened: BinaryIO | None = None
+        if not lazy:
+            self._open()
+
+    @property
+    def _file(self) -> BinaryIO:
+        """The file, created on first use: by then the caller is in an I/O thread already, so
+        creating it costs the event loop nothing (and a small blob no extra thread hand-off)."""
+        return self._opened or self._open()
+
+    def _open(self) -> BinaryIO:
+        try:
+            file = cast(BinaryIO, self.path.open(self._mode))
+        except OSError as error:
+            raise _storage_error(error) from error
         # The lock tells the stale-staging sweep of any process that this file is alive.
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
-            self._file.close()
+            file.close()
             raise
+        self._opened = file
+        return file
 
     async def write(self, data: bytes | Sequence[bytes]) -> None:
         await asyncio.to_thread(self.write_blocking, data)
@@ -162,10 +179,12 @@ class LocalStagedBlob:
             raise _storage_error(error) from error
 
     def discard(self) -> None:
+        if self._opened is None:
+            return  # never created
         if not self.published:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-        self._file.close()
+        self._opened.close()
 
     @classmethod
     def reopen(cls, path: Path, size: int) -> LocalStagedBlob:
@@ -198,7 +217,8 @@ class LocalStagedBlob:
                 time.sleep(0.01)
 
     def close(self) -> None:
-        self._file.close()
+        if self._opened is not None:
+            self._opened.close()
 
 
 class LocalBlobStore:
@@ -219,10 +239,7 @@ class LocalBlobStore:
 
     @contextlib.asynccontextmanager
     async def staging(self) -> AsyncIterator[LocalStagedBlob]:
-        try:
-            staged = LocalStagedBlob(self.staging_dir / f"{uuid.uuid4().hex}.part")
-        except OSError as error:
-            raise _storage_error(error) from error
+        staged = LocalStagedBlob(self.staging_dir / f"{uuid.uuid4().hex}.part", lazy=True)
         try:
             yield staged
         finally:
