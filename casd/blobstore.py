@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -239,7 +240,7 @@ class LocalBlobStore:
 
     @contextlib.asynccontextmanager
     async def staging(self) -> AsyncIterator[LocalStagedBlob]:
-        staged = LocalStagedBlob(self.staging_dir / f"{uuid.uuid4().hex}.part", lazy=True)
+        staged = LocalStagedBlob(self.staging_dir / f"{secrets.token_hex(16)}.part", lazy=True)
         try:
             yield staged
         finally:
@@ -261,6 +262,7 @@ class LocalBlobStore:
             # replacing them with verified identical bytes is harmless and atomic.
             staged.path.replace(target)
             staged.published = True
+            staged.close()  # here, in the I/O thread, rather than on the event loop later
             _fsync_directory(target.parent)
         except OSError as error:
             raise _storage_error(error) from error

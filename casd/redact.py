@@ -49,8 +49,8 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def install() -> None:
-    """Put the filter on every handler of the root logger (once)."""
-    for handler in logging.getLogger().handlers:
+def install(handlers: list[logging.Handler] | None = None) -> None:
+    """Put the filter on ``handlers`` (default: every handler of the root logger), once."""
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
         if not any(isinstance(existing, RedactSecrets) for existing in handler.filters):
             handler.addFilter(RedactSecrets())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import logging.handlers
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 from collections.abc import Iterator
@@ -26,11 +29,22 @@ from casd.http.app import create_app
 log = logging.getLogger(__name__)
 
 
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(level: str) -> None:
+    """Log to stderr from a thread of its own: formatting, redacting and writing (to a slow
+    terminal or a full pipe) never stall the event loop that logged."""
+    output = logging.StreamHandler()
+    output.setFormatter(logging.Formatter(LOG_FORMAT))
+    redact.install([output])  # no token ever reaches the log, whoever logs it
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, output)
+    listener.start()
+    atexit.register(listener.stop)  # writes what is still queued
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), handlers=[logging.handlers.QueueHandler(records)], force=True
     )
-    redact.install()  # no token ever reaches the log, whoever logs it
 
 
 @contextlib.contextmanager
