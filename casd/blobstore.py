@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import secrets
@@ -240,7 +241,7 @@ class LocalBlobStore:
 
     @contextlib.asynccontextmanager
     async def staging(self) -> AsyncIterator[LocalStagedBlob]:
-        staged = LocalStagedBlob(self.staging_dir / f"{secrets.token_hex(16)}.part", lazy=True)
+        staged = LocalStagedBlob(self.staging_dir / _staging_name(), lazy=True)
         try:
             yield staged
         finally:
@@ -429,6 +430,16 @@ def _write_all(fd: int, parts: Sequence[bytes]) -> int:
         if written:
             views[0] = views[0][written:]
     return total
+
+
+# Staging names: unique across processes and restarts without a getrandom() call per upload,
+# which a profile showed costing the event loop 8% of its time on a virtual machine.
+_STAGING_PREFIX = secrets.token_hex(8)
+_staging_serial = itertools.count()
+
+
+def _staging_name() -> str:
+    return f"{_STAGING_PREFIX}-{os.getpid()}-{next(_staging_serial)}.part"
 
 
 def _read_chunk(file: BinaryIO, size: int, observe: Callable[[bytes], object] | None) -> bytes:
