@@ -42,9 +42,10 @@ def configure_logging(level: str) -> None:
     listener = logging.handlers.QueueListener(records, output)
     listener.start()
     atexit.register(listener.stop)  # writes what is still queued
-    logging.basicConfig(
-        level=level.upper(), handlers=[logging.handlers.QueueHandler(records)], force=True
-    )
+    enqueue = logging.handlers.QueueHandler(records)
+    # The queue carries the bare message (and traceback); the writer thread formats the line.
+    enqueue.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[enqueue], force=True)
 
 
 @contextlib.contextmanager
