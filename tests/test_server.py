@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 import subprocess
@@ -224,3 +225,18 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "HOST:PORT" in result.stderr
+
+
+async def test_access_log_is_one_json_object_per_line(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{module_server.url}/v1/blobs/{digest_of(b'nothing')}") as response:
+        assert response.status == 404
+    for _ in range(50):  # a writer thread writes the log
+        lines = [line for line in module_server.log().splitlines() if " casd.access: " in line]
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    entry = json.loads(lines[-1].split(" casd.access: ", 1)[1])
+    assert entry["method"] == "GET" and entry["status"] == 404
+    assert entry["path"] == f"/v1/blobs/{digest_of(b'nothing')}"
