@@ -230,13 +230,16 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
 async def test_access_log_is_one_json_object_per_line(
     module_server: CasdServer, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{module_server.url}/v1/blobs/{digest_of(b'nothing')}") as response:
+    path = f"/v1/blobs/{digest_of(b'nothing')}"
+    async with http.get(f"{module_server.url}{path}") as response:
         assert response.status == 404
-    for _ in range(50):  # a writer thread writes the log
-        lines = [line for line in module_server.log().splitlines() if " casd.access: " in line]
+    lines: list[str] = []
+    for _ in range(100):  # a writer thread writes the log
+        log = module_server.log().splitlines()
+        lines = [line for line in log if " casd.access: " in line and path in line]
         if lines:
             break
         await asyncio.sleep(0.05)
-    entry = json.loads(lines[-1].split(" casd.access: ", 1)[1])
-    assert entry["method"] == "GET" and entry["status"] == 404
-    assert entry["path"] == f"/v1/blobs/{digest_of(b'nothing')}"
+    assert len(lines) == 1, "the request is logged once"
+    entry = json.loads(lines[0].split(" casd.access: ", 1)[1])
+    assert entry["method"] == "GET" and entry["status"] == 404 and entry["path"] == path
