@@ -179,15 +179,15 @@ async def ranged_blob(module_server: CasdServer) -> tuple[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"),
+    ("header", "first", "last"),
     [
-        ("bytes=0-0", slice(0, 1)),
-        ("bytes=0-9", slice(0, 10)),
-        ("bytes=100-", slice(100, None)),
-        ("bytes=-1", slice(-1, None)),
-        ("bytes=-20000", slice(0, None)),
-        ("bytes=10000-99999", slice(10000, None)),
-        ("bytes=10239-10239", slice(10239, 10240)),
+        ("bytes=0-0", 0, 0),
+        ("bytes=0-9", 0, 9),
+        ("bytes=100-", 100, 10239),
+        ("bytes=-1", 10239, 10239),
+        ("bytes=-20000", 0, 10239),
+        ("bytes=10000-99999", 10000, 10239),
+        ("bytes=10239-10239", 10239, 10239),
     ],
 )
 async def test_ranges(
@@ -195,20 +195,16 @@ async def test_ranges(
     http: aiohttp.ClientSession,
     ranged_blob: tuple[str, bytes],
     header: str,
-    expected: slice,
+    first: int,
+    last: int,
 ) -> None:
     digest, data = ranged_blob
     async with http.get(
         f"{module_server.url}/v1/blobs/{digest}", headers={"Range": header}
     ) as response:
         assert response.status == 206
-        part = data[expected]
-        assert await response.read() == part
-        start = data.index(part) if expected.start is None or expected.start >= 0 else len(data) - 1
-        start = expected.start if expected.start is not None and expected.start >= 0 else start
-        if header == "bytes=-20000":
-            start = 0
-        assert response.headers["Content-Range"] == f"bytes {start}-{start + len(part) - 1}/10240"
+        assert response.headers["Content-Range"] == f"bytes {first}-{last}/10240"
+        assert await response.read() == data[first : last + 1]
 
 
 @pytest.mark.parametrize("header", ["bytes=10240-", "bytes=20000-20001", "bytes=-0"])
