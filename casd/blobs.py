@@ -20,7 +20,7 @@ import blake3
 from casd import metrics
 from casd.blobstore import BlobStore, StagedBlob
 from casd.database import Database
-from casd.digests import digest_of, format_digest, lock_key, new_hasher
+from casd.digests import format_digest, lock_key, new_hasher
 from casd.errors import (
     BlobNotFound,
     BlobQuarantined,
@@ -134,6 +134,9 @@ class BlobService:
                 "lock_and_upsert_blob", digest, staged.size, lock_key(digest)
             )
             await self.store.publish(staged, digest)
+        metrics.BYTES_RECEIVED.inc(staged.size)
+        if created:
+            metrics.BLOBS_CREATED.inc()
         return created
 
     async def info(self, digest: str) -> BlobInfo | None:
@@ -230,14 +233,6 @@ class BlobService:
         if marked is not None:
             log.warning("blob %s has no bytes in the store: marked missing", digest)
         return marked is not None
-
-    async def put_bytes(self, data: bytes) -> tuple[Blob, bool]:
-        """Store a small in-memory blob (tests, tools)."""
-
-        async def one_chunk() -> AsyncIterator[bytes]:
-            yield data
-
-        return await self.ingest(one_chunk(), digest_of(data), len(data))
 
 
 def _info_from_row(row: Any) -> BlobInfo:

@@ -17,7 +17,9 @@ REQUEST_SECONDS = Histogram(
     ["method", "route"],
     registry=REGISTRY,
 )
-BYTES_RECEIVED = Counter("casd_blob_bytes_received", "Blob bytes received", registry=REGISTRY)
+BYTES_RECEIVED = Counter(
+    "casd_blob_bytes_received", "Blob bytes stored by uploads (new or again)", registry=REGISTRY
+)
 BYTES_SENT = Counter("casd_blob_bytes_sent", "Blob bytes sent", registry=REGISTRY)
 BLOBS_CREATED = Counter("casd_blobs_created", "Blobs newly stored", registry=REGISTRY)
 BLOBS_QUARANTINED = Counter(

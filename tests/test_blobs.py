@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import CasdServer, ServerFactory
 from tests.helpers import blob_path, digest_of, problem_of, put_blob
+from tests.integrity_helpers import metric_samples
 
 
 def auth(server: CasdServer) -> dict[str, str]:
@@ -539,3 +540,23 @@ async def test_blob_whose_file_shrank_is_quarantined(
             assert response.status == 410
             assert (await problem_of(response))["code"] == "blob-quarantined"
     assert not path.exists()
+
+
+async def test_metrics_count_uploads_and_downloads(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    before = await metric_samples(http, module_server)
+    data = os.urandom(300_000)
+    await put_blob(http, module_server.url, module_server.admin_token, data)
+    await put_blob(http, module_server.url, module_server.admin_token, data)
+    async with http.get(f"{module_server.url}/v1/blobs/{digest_of(data)}") as response:
+        assert await response.read() == data
+    after = await metric_samples(http, module_server)
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    assert grew("casd_blobs_created_total") == 1
+    assert grew("casd_blob_bytes_received_total") == 2 * len(data)
+    assert grew("casd_blob_bytes_sent_total") == len(data)
+    assert after['casd_stored_blobs{status="ok"}'] >= 1

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from casd import metrics
 from casd.auth import require_upload
 from casd.blobs import Blob, BlobInfo
 from casd.digests import parse_digest
@@ -143,6 +144,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in chunks:
             await response.write(chunk)
+            metrics.BYTES_SENT.inc(len(chunk))
     except (CasdError, OSError) as error:
         # Headers are gone already: cut the connection so the client sees a short transfer.
         # (An error answer written now would reach the client as more body bytes.)
