@@ -70,6 +70,26 @@ async def test_empty_blob(module_server: CasdServer, http: aiohttp.ClientSession
         assert await response.read() == b""
 
 
+async def test_empty_bodies_never_hang_a_worker(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    """Regression: every empty body after the first one spun the worker forever (aiohttp#7616)."""
+    empty = digest_of(b"")
+    timeout = aiohttp.ClientTimeout(total=10)
+    for _ in range(5):
+        for method, url in (
+            ("PUT", f"{module_server.url}/v1/blobs/{empty}"),
+            ("POST", f"{module_server.url}/v1/blobs"),
+        ):
+            async with http.request(
+                method, url, data=b"", headers=auth(module_server), timeout=timeout
+            ) as response:
+                assert response.status in (200, 201)
+                assert await response.json() == {"digest": empty, "size": 0}
+    async with http.get(f"{module_server.url}/healthz", timeout=timeout) as response:
+        assert response.status == 200
+
+
 async def test_post_computes_the_digest(
     module_server: CasdServer, http: aiohttp.ClientSession
 ) -> None:

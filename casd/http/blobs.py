@@ -52,8 +52,12 @@ def content_length(request: web.Request) -> int | None:
 
 
 async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body in the pieces that arrived, never joined (so never copied) here."""
-    async for chunk, _ in request.content.iter_chunks():
+    """The request body in the pieces that arrived, never joined (so never copied) here.
+
+    ``iter_any()``, not ``iter_chunks()``: the latter never ends on aiohttp's shared empty
+    payload and spins the worker forever on a second empty body (aio-libs/aiohttp#7616).
+    """
+    async for chunk in request.content.iter_any():
         if chunk:
             yield chunk
 
