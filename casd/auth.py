@@ -51,6 +51,11 @@ class Token:
         return any(prefix_covers(prefix, name) for prefix in self.write_prefixes)
 
     @property
+    def is_admin(self) -> bool:
+        """The empty prefix covers every name: such a token is the administrator's."""
+        return "" in self.write_prefixes
+
+    @property
     def may_upload(self) -> bool:
         # Content addressing cannot overwrite anything: any write prefix allows uploads.
         return bool(self.write_prefixes)

@@ -198,6 +198,25 @@ async def test_missing_malformed_unknown_and_revoked_tokens(
     assert (status, record["version"]) == (200, 2)
 
 
+async def test_token_introspection(module_server: CasdServer, http: aiohttp.ClientSession) -> None:
+    server = module_server
+    scoped = await new_token(server, "investigate/42", "scratch", label="job 42")
+    async with http.get(f"{server.url}/v1/token", headers=bearer(scoped)) as response:
+        assert response.status == 200
+        record = await response.json()
+    assert record["label"] == "job 42"
+    assert record["write_prefixes"] == ["investigate/42", "scratch"]
+    assert record["admin"] is False
+    assert record["id"] == max(row["id"] for row in token_rows(server))
+    assert scoped not in json.dumps(record)
+    async with http.get(f"{server.url}/v1/token", headers=server.admin_headers) as response:
+        admin = await response.json()
+    assert (admin["admin"], admin["write_prefixes"]) == (True, [""])
+    for headers in ({}, bearer(scoped + "x")):
+        async with http.get(f"{server.url}/v1/token", headers=headers) as response:
+            assert (response.status, (await problem_of(response))["code"]) == (401, "unauthorized")
+
+
 async def test_uploads_need_any_write_prefix(
     module_server: CasdServer, http: aiohttp.ClientSession
 ) -> None:

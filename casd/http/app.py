@@ -13,7 +13,7 @@ from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.http import blobs, names, ops, uploads
+from casd.http import blobs, names, ops, tokens, uploads
 from casd.http.context import SERVICES, Services
 from casd.http.problems import problem_middleware
 from casd.maintenance import periodic_scrub
@@ -45,7 +45,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     if settings.scrub_interval:
         app.cleanup_ctx.append(periodic_scrub_ctx)
-    for module in (blobs, names, ops, uploads):
+    for module in (blobs, names, ops, tokens, uploads):
         module.setup_routes(app)
     return app
 
