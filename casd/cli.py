@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from casd import cli_client
-from casd.config import Settings, load_settings, parse_duration
+from casd.config import SETTINGS, SettingError, Settings, load_settings, parse_duration
 from casd.errors import CasdError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,11 +50,33 @@ def server_options(command: F) -> F:
     return command
 
 
+class BadSetting(click.ClickException):
+    """A setting that cannot be used: one line naming it, exit status 2 (a usage error)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"casd: {self.message}", err=True)
+
+
 def settings_from(**overrides: Any) -> Settings:
     try:
         return load_settings(overrides)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
+    except SettingError as error:
+        raise BadSetting(str(error)) from error
+
+
+def every_setting(command: F) -> F:
+    """A flag for every setting (casd.config.SETTINGS), its variable named in its help."""
+    for setting in reversed(SETTINGS):
+        help_text = f"{setting.help} Env {setting.env}."
+        if setting.switch:
+            name = setting.flag.removeprefix("--")
+            option = click.option(f"--{name}/--no-{name}", default=None, help=help_text)
+        else:
+            option = click.option(setting.flag, metavar=setting.metavar, help=help_text)
+        command = option(command)
+    return command
 
 
 def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -70,15 +92,21 @@ def with_database(settings: Settings, work: Callable[[str], Coroutine[Any, Any, 
 
 
 @main.command()
-@server_options
-@click.option("--listen", help="HOST:PORT to serve on (env CASD_LISTEN, default 127.0.0.1:8480).")
-@click.option("--workers", type=click.IntRange(min=1), help="Processes sharing the port.")
-@click.option("--private", is_flag=True, default=None, help="Reads need a token too.")
+@every_setting
 def serve(**options: Any) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API.
+
+    Every flag has an environment variable; a flag wins over its variable. Durations take a
+    unit (30s, 15m, 24h, 7d); sizes are bytes or take one (10GB = 10^10, 10GiB = 10 * 2^30).
+    """
+    settings = settings_from(**options)
+    from casd.supervisor import prepare_to_serve
+
+    # Before casd.server imports prometheus_client: its metrics go to files of this server.
+    prepare_to_serve(settings)
     from casd.server import serve as run_server
 
-    run_server(settings_from(**options))
+    sys.exit(run_server(settings))
 
 
 @main.command()

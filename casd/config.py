@@ -1,25 +1,48 @@
-"""Settings: one frozen dataclass, read from ``CASD_*`` environment variables and CLI flags."""
+"""Settings: one frozen dataclass, read from ``CASD_*`` environment variables and CLI flags.
+
+Every setting is described once, in ``SETTINGS``: its environment variable, its ``casd serve``
+flag, how its text is parsed and what it means. The CLI builds its options from that table, and
+a bad value of any setting is a one-line error that names it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:8480"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-_SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)", re.IGNORECASE)
+# Decimal units are powers of 1000 (10GB = 10^10 bytes), binary ones of 1024 (10GiB = 10 * 2^30);
+# a lone letter (64k, 512M, 2G) is binary, as in nginx and systemd.
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{f"{prefix}b": 1000 ** (power + 1) for power, prefix in enumerate("kmgtp")},
+    **{f"{prefix}ib": 1024 ** (power + 1) for power, prefix in enumerate("kmgtp")},
+    **{prefix: 1024 ** (power + 1) for power, prefix in enumerate("kmgtp")},
+}
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*")
+
+
+class SettingError(ValueError):
+    """A setting whose value cannot be used; the message names the setting."""
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in '90', '30s', '15m', '24h', '7d', '1h30m'."""
+    """Seconds in '30s', '15m', '24h', '7d', '1h30m', '250ms'; a bare '0' is zero."""
     compact = text.strip().lower()
+    if compact == "0":
+        return 0.0
     seconds, position = 0.0, 0
     for match in _DURATION.finditer(compact):
         if match.start() != position:
@@ -27,26 +50,79 @@ def parse_duration(text: str) -> float:
         seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         position = match.end()
     if not compact or position != len(compact):
-        raise ValueError(f"not a duration: {text!r} (try 30s, 15m, 24h, 7d)")
+        raise ValueError(f"not a duration: {text!r} (a number with a unit: 30s, 15m, 24h, 7d)")
     return seconds
 
 
 def parse_size(text: str) -> int:
-    """Bytes in '1048576', '64k', '10MiB', '2G' (binary multiples)."""
+    """Bytes in '1048576', '10GB' (10^10), '10GiB' (10 * 2^30), '64k' and '512M' (binary)."""
     match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"not a size: {text!r} (try 512M, 10GiB)")
-    unit = (match.group(2) or "b")[0].lower()
-    multiplier: int = 1024 ** "bkmgt".index(unit)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (bytes, or with a unit: 500MB, 10GiB, 512M)")
+    multiplier: int = _SIZE_UNITS[unit]
     return int(match.group(1)) * multiplier
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """('127.0.0.1', 8480) from '127.0.0.1:8480' or '[::1]:8480'."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"not HOST:PORT: {text!r}")
+    """('127.0.0.1', 8480) from '127.0.0.1:8480' or '[::1]:8480'; ':8480' is every address."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not HOST:PORT with a port from 1 to 65535: {text!r}")
+    if not _HOST.fullmatch(host) or (":" in host and not host.startswith("[")):
+        raise ValueError(f"not HOST:PORT (IPv6 addresses go in brackets): {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _listen(text: str) -> str:
+    parse_listen(text)
+    return text.strip()
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isascii() or not text.strip().isdigit():
+            raise ValueError(f"not a whole number: {text!r}")
+        if int(text) < minimum:
+            raise ValueError(f"must be at least {minimum}: {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not on or off: {text!r} (1/0, true/false, yes/no, on/off)")
+
+
+def _choice(choices: tuple[str, ...], upper: bool) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"not one of {', '.join(choices)}: {text!r}")
+        return value
+
+    return parse
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("an empty path")
+    return Path(text)
 
 
 def default_data_dir() -> Path:
@@ -62,6 +138,7 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     database_url: str | None = None
     workers: int = 1
+    worker_restarts: int = 5
     private: bool = False
     max_blob_size: int | None = None
     upload_ttl: float = 24 * 3600
@@ -72,6 +149,7 @@ class Settings:
     verify_reads: bool = True
     db_pool_size: int = 20
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -101,46 +179,149 @@ class Settings:
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin.token"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """This server's metric files: one directory per host and port, as two servers on one
+        host cannot share a port (several nodes may share a data directory)."""
+        _host, port = self.host_port
+        return self.data_dir / "metrics" / f"{os.uname().nodename}-{port}"
 
-def _env_flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its field, environment variable, ``casd serve`` flag, parser and help."""
+
+    field: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+    switch: bool = False  # a boolean: --flag/--no-flag on the command line
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
 
 
-# CASD_<NAME> environment variable -> (Settings field, parser)
-_ENV_FIELDS: dict[str, tuple[str, Any]] = {
-    "CASD_DATA_DIR": ("data_dir", Path),
-    "CASD_LISTEN": ("listen", str),
-    "CASD_DATABASE_URL": ("database_url", str),
-    "CASD_WORKERS": ("workers", int),
-    "CASD_PRIVATE": ("private", _env_flag),
-    "CASD_MAX_BLOB_SIZE": ("max_blob_size", parse_size),
-    "CASD_UPLOAD_TTL": ("upload_ttl", parse_duration),
-    "CASD_SCRUB_INTERVAL": ("scrub_interval", parse_duration),
-    "CASD_SCRUB_MAX_RATE": ("scrub_max_rate", float),
-    "CASD_KEEP_VERSIONS": ("keep_versions", int),
-    "CASD_GC_GRACE": ("gc_grace", parse_duration),
-    "CASD_VERIFY_READS": ("verify_reads", _env_flag),
-    "CASD_DB_POOL_SIZE": ("db_pool_size", int),
-    "CASD_LOG_LEVEL": ("log_level", str),
-}
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "CASD_DATA_DIR", _path, "Data directory [~/.local/share/casd].", "DIR"),
+    Setting("listen", "CASD_LISTEN", _listen, f"HOST:PORT to serve on [{DEFAULT_LISTEN}].", "ADDR"),
+    Setting(
+        "database_url",
+        "CASD_DATABASE_URL",
+        str,
+        "PostgreSQL URL [an embedded PostgreSQL in the data directory].",
+        "URL",
+    ),
+    Setting("workers", "CASD_WORKERS", _count(1), "Worker processes sharing the port [1].", "N"),
+    Setting(
+        "worker_restarts",
+        "CASD_WORKER_RESTARTS",
+        _count(0),
+        "Failed restarts in a row of a worker before casd gives up and exits 1 [5].",
+        "N",
+    ),
+    Setting("private", "CASD_PRIVATE", _flag, "Reads need a token too [off].", switch=True),
+    Setting(
+        "max_blob_size",
+        "CASD_MAX_BLOB_SIZE",
+        parse_size,
+        "Largest blob accepted (512M, 10GiB, 10GB) [unlimited].",
+        "SIZE",
+    ),
+    Setting(
+        "upload_ttl",
+        "CASD_UPLOAD_TTL",
+        parse_duration,
+        "Idle resumable uploads are removed after this [24h].",
+        "DURATION",
+    ),
+    Setting(
+        "scrub_interval",
+        "CASD_SCRUB_INTERVAL",
+        parse_duration,
+        "Scrub blobs not verified for this long, this often [off].",
+        "DURATION",
+    ),
+    Setting(
+        "scrub_max_rate",
+        "CASD_SCRUB_MAX_RATE",
+        _rate,
+        "MB/s (10^6 bytes) the periodic scrub reads at most [unlimited].",
+        "MB/S",
+    ),
+    Setting(
+        "keep_versions",
+        "CASD_KEEP_VERSIONS",
+        _count(0),
+        "casd gc keeps the last N digests of every name's history [10].",
+        "N",
+    ),
+    Setting(
+        "gc_grace",
+        "CASD_GC_GRACE",
+        parse_duration,
+        "casd gc keeps blobs uploaded within this [24h].",
+        "DURATION",
+    ),
+    Setting(
+        "verify_reads",
+        "CASD_VERIFY_READS",
+        _flag,
+        "Full GETs hash what they send [on].",
+        switch=True,
+    ),
+    Setting(
+        "db_pool_size",
+        "CASD_DB_POOL_SIZE",
+        _count(1),
+        "PostgreSQL connections per worker [20].",
+        "N",
+    ),
+    Setting(
+        "log_level",
+        "CASD_LOG_LEVEL",
+        _choice(LOG_LEVELS, upper=True),
+        "DEBUG, INFO, WARNING or ERROR [INFO].",
+        "LEVEL",
+    ),
+    Setting(
+        "log_format",
+        "CASD_LOG_FORMAT",
+        _choice(LOG_FORMATS, upper=False),
+        "json (one object per line) or text (for terminals) [json].",
+        "FORMAT",
+    ),
+)
 
 
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Settings from the environment, then from explicit (CLI) overrides that are not None."""
+    """Settings from the environment, then from explicit (CLI) overrides that are not None.
+
+    Overrides given as text are parsed like the environment. Raises ``SettingError`` naming
+    the flag and the variable of the first bad value."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for variable, (field, parse) in _ENV_FIELDS.items():
-        raw = environ.get(variable)
+    for setting in SETTINGS:
+        raw = environ.get(setting.env)
         if raw:
-            try:
-                values[field] = parse(raw)
-            except ValueError as error:
-                raise ValueError(f"{variable}: {error}") from error
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+            values[setting.field] = _parsed(setting, raw)
+    by_field = {setting.field: setting for setting in SETTINGS}
+    for field, value in (overrides or {}).items():
+        if value is None:
+            continue
+        known = by_field.get(field)
+        if isinstance(value, str) and known is not None:
+            value = _parsed(known, value)
+        values[field] = value
     settings = Settings(**values)
-    parse_listen(settings.listen)  # fail early on a bad address
-    if settings.workers < 1:
-        raise ValueError("workers must be at least 1")
     return dataclasses.replace(settings, data_dir=settings.data_dir.expanduser().absolute())
+
+
+def _parsed(setting: Setting, raw: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as error:
+        raise SettingError(f"bad {setting.flag} ({setting.env}): {error}") from error

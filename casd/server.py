@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
+import functools
 import logging
-import logging.handlers
-import multiprocessing
 import os
-import queue
 import signal
-import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 import uvloop
 from aiohttp import web
+from prometheus_client import multiprocess
 
-from casd import redact
+from casd import metrics
 from casd.auth import TokenStore
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database, migrate
 from casd.embedded import EmbeddedPostgres
-from casd.http.accesslog import JsonAccessLogger
+from casd.http.accesslog import AccessLogger
 from casd.http.app import create_app
+from casd.logs import configure_logging
+from casd.supervisor import Supervisor, set_title
 
 log = logging.getLogger(__name__)
-
-
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr from a thread of its own: formatting, redacting and writing (to a slow
-    terminal or a full pipe) never stall the event loop that logged."""
-    output = logging.StreamHandler()
-    output.setFormatter(logging.Formatter(LOG_FORMAT))
-    redact.install([output])  # no token ever reaches the log, whoever logs it
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, output)
-    listener.start()
-    atexit.register(listener.stop)  # writes what is still queued
-    enqueue = logging.handlers.QueueHandler(records)
-    # The queue carries the bare message (and traceback); the writer thread formats the line.
-    enqueue.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[enqueue], force=True)
 
 
 @contextlib.contextmanager
@@ -84,66 +65,74 @@ def write_admin_token(settings: Settings, secret: str) -> None:
     log.info("created the admin token in %s", path)
 
 
-def run_worker(settings: Settings, database_url: str) -> None:
-    """Serve HTTP in this process until SIGINT or SIGTERM."""
-    configure_logging(settings.log_level)
-    host, port = settings.host_port
-    web.run_app(
-        create_app(settings, database_url),
-        host=host,
-        port=port,
-        reuse_port=True,
-        access_log_class=JsonAccessLogger,
-        access_log=logging.getLogger("casd.access"),
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; the exit status (1: the workers could not be kept up).
 
-
-def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level)
-    check_port_free(settings)
+    Call ``casd.supervisor.prepare_to_serve`` before importing this module."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise RuntimeError("casd.supervisor.prepare_to_serve() must come first")
+    # No logging thread here: this process forks its workers, and a fork copies no thread.
+    configure_logging(settings.log_level, settings.log_format, threaded=False)
+    set_title(f"casd serve: supervisor {settings.listen} {settings.data_dir}")
     with database_url_for(settings) as database_url:
         asyncio.run(bootstrap(settings, database_url))
-        log.info("casd serving on http://%s with %d worker(s)", settings.listen, settings.workers)
-        if settings.workers == 1:
-            run_worker(settings, database_url)
-        else:
-            run_worker_processes(settings, database_url)
-    log.info("casd stopped")
+        supervisor = Supervisor(
+            functools.partial(run_worker, settings, database_url),
+            settings.workers,
+            settings.worker_restarts,
+            title=f"casd serve: {settings.listen}",
+            on_serving=lambda: log.info(
+                "casd serving on http://%s with %d worker(s)", settings.listen, settings.workers
+            ),
+            on_exit=worker_gone,
+        )
+        status = supervisor.run()
+    if status:
+        log.error("casd stopped with status %d", status)
+    else:
+        log.info("casd stopped")
+    return status
 
 
-def check_port_free(settings: Settings) -> None:
-    """Fail before starting anything if another program holds the port (SO_REUSEPORT would let
-    two casd servers silently share it)."""
-    host, port = settings.host_port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise SystemExit(
-                f"casd: cannot listen on {settings.listen}: {error.strerror}"
-            ) from error
+def worker_gone(pid: int) -> None:
+    """Its counters stay in the metric files; its in-flight gauges go."""
+    metrics.WORKER_EXITS.inc()
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def run_worker_processes(settings: Settings, database_url: str) -> None:
-    """N processes share the port through SO_REUSEPORT and the one database."""
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=run_worker, args=(settings, database_url), name=f"casd-worker-{n}")
-        for n in range(settings.workers)
-    ]
-    for worker in workers:
-        worker.start()
+def run_worker(
+    settings: Settings, database_url: str, number: int, ready: Callable[[], None]
+) -> None:
+    """A worker process: serve HTTP until SIGTERM or SIGINT."""
+    stop_logging = configure_logging(settings.log_level, settings.log_format, threaded=True)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve_http(settings, database_url, ready))
+    except Exception:
+        log.exception("worker %d failed", number)
+        sys.exit(1)
+    finally:
+        stop_logging()
 
-    def forward(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.pid is not None and worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for worker in workers:
-        worker.join()
+async def serve_http(settings: Settings, database_url: str, ready: Callable[[], None]) -> None:
+    """Start the application, bind the port (shared by all workers), serve until told to stop,
+    then let requests in flight finish (up to aiohttp's shutdown timeout)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        create_app(settings, database_url),
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("casd.access"),
+    )
+    await runner.setup()
+    try:
+        host, port = settings.host_port
+        await web.TCPSite(runner, host, port, reuse_port=True).start()
+        ready()
+        await stop.wait()
+    finally:
+        await runner.cleanup()

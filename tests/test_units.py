@@ -14,28 +14,50 @@ from casd.sqlfiles import migrations, parse_queries, queries
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90", 90), ("30s", 30), ("15m", 900), ("24h", 86400), ("1h30m", 5400)]
+    ("text", "seconds"),
+    [("0", 0), ("30s", 30), ("15m", 900), ("24h", 86400), ("1h30m", 5400), ("250ms", 0.25)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "10x", "-5s", "1h 2"])
+@pytest.mark.parametrize("text", ["", "h", "10x", "-5s", "1h 2", "90", "1h30"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 
-@pytest.mark.parametrize(("text", "size"), [("1000", 1000), ("64k", 65536), ("10MiB", 10 << 20)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1000", 1000),
+        ("64k", 65536),
+        ("10MiB", 10 << 20),
+        ("10GB", 10**10),
+        ("10gb", 10**10),
+        ("10GiB", 10 * 2**30),
+        ("512M", 512 << 20),
+        ("3 kB", 3000),
+        ("7B", 7),
+    ],
+)
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "10XB", "10 GiBs", "1.5G", "-1", "G"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
 
 
 def test_listen_addresses() -> None:
     assert parse_listen("127.0.0.1:8480") == ("127.0.0.1", 8480)
     assert parse_listen("[::1]:9000") == ("::1", 9000)
-    with pytest.raises(ValueError):
-        parse_listen("localhost")
+    assert parse_listen(":8480") == ("0.0.0.0", 8480)
+    for bad in ("localhost", "127.0.0.1:0", "127.0.0.1:65536", "::1:80", "a b:80", "h:8x"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
 
 
 def test_settings_from_environment_and_overrides(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.http import blobs, names, ops, tokens, uploads
+from casd.http import accesslog, blobs, names, ops, tokens, uploads
 from casd.http.context import SERVICES, Services
 from casd.http.problems import problem_middleware
 from casd.maintenance import periodic_scrub
@@ -23,7 +23,9 @@ IO_THREADS = 64
 
 
 def create_app(settings: Settings, database_url: str) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[accesslog.observe_middleware, problem_middleware], client_max_size=1024**2
+    )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()

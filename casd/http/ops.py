@@ -31,7 +31,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = await metrics.render(services(request).db)
+    context = services(request)
+    settings = context.settings
+    staging = {"staging": settings.staging_dir, "uploads": settings.uploads_dir}
+    body = await metrics.render(context.db, staging)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
