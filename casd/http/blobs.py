@@ -149,6 +149,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         async for chunk in chunks:
             await response.write(chunk)
             metrics.BYTES_SENT.inc(len(chunk))
+    except ConnectionError:
+        raise  # the client left: no server error (logged as 499 by casd.http.accesslog)
     except (CasdError, OSError) as error:
         # Headers are gone already: cut the connection so the client sees a short transfer.
         # (An error answer written now would reach the client as more body bytes.)
