@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -244,16 +245,28 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.write_eof()
 
 
+def log_entries(log: str) -> list[dict[str, Any]]:
+    """The server's log lines, each one JSON object."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
 def lease_pids(log: str) -> dict[int, int]:
     """The OS pid of each casd process by the lease number it logged at start."""
-    found = re.findall(r" (\d+) INFO casd\.upload_leases: .*process is number (\d+)", log)
-    return {int(number): int(pid) for pid, number in found}
+    found = {}
+    for entry in log_entries(log):
+        number = re.search(r"process is number (\d+)", entry["message"])
+        if entry["logger"] == "casd.upload_leases" and number is not None:
+            found[int(number.group(1))] = int(entry["pid"])
+    return found
 
 
 def access_pids(log: str, method: str, path: str) -> list[int]:
     """The OS pids of the processes that logged ``method path`` in their access log."""
-    pattern = rf' (\d+) INFO casd\.access: .*"method": "{method}", "path": "{re.escape(path)}"'
-    return [int(pid) for pid in re.findall(pattern, log)]
+    return [
+        int(entry["pid"])
+        for entry in log_entries(log)
+        if entry["logger"] == "casd.access" and entry["method"] == method and entry["path"] == path
+    ]
 
 
 async def slow_chunks(data: bytes, piece: int, pause: float) -> AsyncIterator[bytes]:
