@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ def serve(settings: Settings) -> int:
             on_exit=worker_gone,
         )
         status = supervisor.run()
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)  # nobody reads them any more
     if status:
         log.error("casd stopped with status %d", status)
     else:

@@ -64,6 +64,7 @@ async def test_killed_worker_comes_back_and_the_server_keeps_serving(
     casd_server_factory: ServerFactory,
 ) -> None:
     server = casd_server_factory("--workers", "2")
+    await wait_for_log(server, lambda entry: "casd serving on" in entry["message"])
     victim = wait_for_workers(server, 2)[1]
     victim.kill()
     victim.wait(10)
