@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from casd.errors import (
     DigestMismatch,
     IncompleteBody,
     PayloadTooLarge,
+    QuotaExceeded,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,31 @@ class BlobInfo:
         return self.status == "ok"
 
 
+@dataclass(frozen=True)
+class Charge:
+    """Who pays for the new bytes of an upload: a token's budget.
+
+    ``remaining`` is what the token may still store as the upload began (None: not checked while
+    the bytes arrive); it refuses an upload as soon as the bytes received pass it. The budget
+    itself is charged when the blob is published, under the token's row lock when it has a
+    quota, so concurrent uploads of one token never take it past its quota together.
+    """
+
+    token_id: int
+    limited: bool = False
+    remaining: int | None = None
+
+    def check(self, size: int | None) -> None:
+        if size is not None and self.remaining is not None and size > self.remaining:
+            raise QuotaExceeded(
+                f"the token may store {self.remaining} more bytes; this upload has more"
+                " (nothing was stored)"
+            )
+
+    def unchecked_while_streaming(self) -> Charge:
+        return replace(self, remaining=None)
+
+
 class CorruptBlob(CasdError):
     """The stored bytes do not match their digest; the blob was quarantined."""
 
@@ -79,12 +105,15 @@ class BlobService:
         chunks: AsyncIterable[bytes],
         expected_digest: str | None = None,
         expected_size: int | None = None,
+        charge: Charge | None = None,
     ) -> tuple[Blob, bool]:
-        """Store a stream of bytes; return the blob and whether it is new."""
+        """Store a stream of bytes; return the blob and whether it is new (and so charged)."""
         self.check_announced_size(expected_size)
+        if charge is not None:
+            charge.check(expected_size)
         async with self.store.staging() as staged:
             hasher = new_hasher()
-            last = await self._absorb_stream(chunks, hasher, staged)
+            last = await self._absorb_stream(chunks, hasher, staged, charge)
             size = staged.size + sum(len(part) for part in last)
             if expected_size is not None and size != expected_size:
                 raise IncompleteBody(
@@ -94,11 +123,15 @@ class BlobService:
             if expected_digest is not None and digest != expected_digest:
                 raise DigestMismatch(f"the body hashes to {digest}, not {expected_digest}")
             await staged.finish(last)
-            created = await self.publish(staged, digest)
+            created = await self.publish(staged, digest, charge)
             return Blob(digest, staged.size), created
 
     async def _absorb_stream(
-        self, chunks: AsyncIterable[bytes], hasher: blake3.blake3, staged: StagedBlob
+        self,
+        chunks: AsyncIterable[bytes],
+        hasher: blake3.blake3,
+        staged: StagedBlob,
+        charge: Charge | None,
     ) -> list[bytes]:
         """Receive the next buffer while the previous one is hashed and written. The last one
         is only hashed: it is returned to be written along with the fsync (for a small blob,
@@ -110,6 +143,8 @@ class BlobService:
             async for parts, size in gather_parts(chunks, INGEST_BUFFER):
                 received += size
                 self.check_announced_size(received)
+                if charge is not None:
+                    charge.check(received)
                 if held:
                     if pending is not None:
                         await pending
@@ -125,15 +160,26 @@ class BlobService:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pending)
 
-    async def publish(self, staged: StagedBlob, digest: str) -> bool:
-        """Move verified, durable bytes under their digest and record them; True if new."""
+    async def publish(self, staged: StagedBlob, digest: str, charge: Charge | None = None) -> bool:
+        """Move verified, durable bytes under their digest and record them; True if new. New
+        bytes are charged to ``charge``; bytes stored already cost nothing."""
         async with self.db.transaction() as tx:
             # The row first (under the shared lock, one round trip): it commits only once the
             # bytes are in place, so nobody sees it before, and a failed move rolls it back.
             created: bool = await tx.fetchval(
                 "lock_and_upsert_blob", digest, staged.size, lock_key(digest)
             )
+            if created and charge is not None and charge.limited:
+                used = await tx.fetchval("charge_token_within_quota", charge.token_id, staged.size)
+                if used is None:
+                    raise QuotaExceeded(
+                        f"storing these {staged.size} bytes would take the token past its quota;"
+                        " nothing was stored"
+                    )
             await self.store.publish(staged, digest)
+        if created and charge is not None and not charge.limited:
+            # No quota to hold: counted after the commit, without holding the token's row.
+            await self.db.execute("charge_token", charge.token_id, staged.size)
         metrics.BYTES_RECEIVED.inc(staged.size)
         if created:
             metrics.BLOBS_CREATED.inc()

@@ -119,6 +119,13 @@ def _choice(choices: tuple[str, ...], upper: bool) -> Callable[[str], str]:
     return parse
 
 
+def _optional_duration(text: str) -> float | None:
+    """A duration; 'off' (or 0) turns the thing off."""
+    if text.strip().lower() in {"off", "never"}:
+        return None
+    return parse_duration(text) or None
+
+
 def _path(text: str) -> Path:
     if not text.strip():
         raise ValueError("an empty path")
@@ -145,6 +152,7 @@ class Settings:
     scrub_interval: float | None = None
     scrub_max_rate: float | None = None  # MB/s (10**6 bytes) read by the periodic scrub
     keep_versions: int = 10
+    retention_interval: float | None = 300.0  # how often serve applies retention; None: never
     gc_grace: float = 24 * 3600
     verify_reads: bool = True
     db_pool_size: int = 20
@@ -256,6 +264,13 @@ SETTINGS: tuple[Setting, ...] = (
         _count(0),
         "casd gc keeps the last N digests of every name's history [10].",
         "N",
+    ),
+    Setting(
+        "retention_interval",
+        "CASD_RETENTION_INTERVAL",
+        _optional_duration,
+        "Apply the retention policies this often; off: never [5m].",
+        "DURATION",
     ),
     Setting(
         "gc_grace",

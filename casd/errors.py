@@ -145,6 +145,42 @@ class Forbidden(CasdError):
     status, code, title = 403, "forbidden", "Forbidden"
 
 
+class QuotaExceeded(PayloadTooLarge):
+    """The upload would take the token past its byte budget; nothing was stored."""
+
+    status, code, title = 413, "quota-exceeded", "Quota exceeded"
+
+
+class NamespaceQuotaExceeded(CasdError):
+    """The names under a prefix would reference more bytes than its quota allows."""
+
+    status, code, title = 409, "namespace-quota-exceeded", "Namespace quota exceeded"
+
+
+class ProtectedName(Forbidden):
+    """Names under a protected prefix can be deleted only by an admin token."""
+
+    status, code, title = 403, "protected-name", "Protected name"
+
+
+class ImmutableName(Forbidden):
+    """Names under an immutable prefix are created once and never changed."""
+
+    status, code, title = 403, "immutable-name", "Immutable name"
+
+
+class TokenNotFound(CasdError):
+    """No such token (or none this token may see)."""
+
+    status, code, title = 404, "token-not-found", "Token not found"
+
+
+class PolicyNotFound(CasdError):
+    """No policy for this prefix."""
+
+    status, code, title = 404, "policy-not-found", "Policy not found"
+
+
 class Unavailable(CasdError):
     """A backing service (database or blob store) is not answering."""
 

@@ -1,8 +1,10 @@
-"""The periodic scrub inside ``casd serve`` (``CASD_SCRUB_INTERVAL``).
+"""The periodic maintenance inside ``casd serve``: scrub (``CASD_SCRUB_INTERVAL``) and
+retention (``CASD_RETENTION_INTERVAL``).
 
-Every worker of every node runs the loop below; a PostgreSQL advisory lock lets one scrub at a
-time, and the last finished scrub (recorded in ``maintenance_runs`` by the CLI as well) decides
-when the next one is due, so restarts and extra nodes neither skip nor repeat scrubs.
+Every worker of every node runs the loops below; a PostgreSQL advisory lock lets one process
+scrub (or apply retention) at a time. The last finished scrub (recorded in ``maintenance_runs``
+by the CLI as well) decides when the next one is due, so restarts and extra nodes neither skip
+nor repeat scrubs. Retention is idempotent: whichever process holds the lock applies it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import AsyncIterator
 from casd.blobs import BlobService
 from casd.config import Settings
 from casd.database import Database, Queries
+from casd.retention import apply_retention
 from casd.scrub import MB, Scrubber
 
 log = logging.getLogger(__name__)
 
 # Second key of the maintenance advisory locks (the first one is constant, see the query).
 SCRUB_LOCK = 1
+RETENTION_LOCK = 2
 # How often a worker looks whether a scrub is due, at most.
 POLL_SECONDS = 60.0
 
@@ -73,6 +77,39 @@ async def scrub_periodically(blobs: BlobService, settings: Settings) -> None:
 async def periodic_scrub(blobs: BlobService, settings: Settings) -> AsyncIterator[None]:
     """Run the periodic scrub in the background for as long as the context lasts."""
     task = asyncio.create_task(scrub_periodically(blobs, settings), name="casd-periodic-scrub")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def retention_if_free(db: Database) -> bool:
+    """Apply the retention policies unless another process is applying them now."""
+    async with maintenance_lock(db, RETENTION_LOCK) as held:
+        if not held:
+            return False
+        await apply_retention(db)
+    return True
+
+
+async def retention_periodically(db: Database, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        try:
+            await retention_if_free(db)
+        except Exception:
+            log.exception("periodic retention failed; trying again later")
+
+
+@contextlib.asynccontextmanager
+async def periodic_retention(db: Database, settings: Settings) -> AsyncIterator[None]:
+    """Apply the retention policies in the background for as long as the context lasts."""
+    assert settings.retention_interval is not None
+    task = asyncio.create_task(
+        retention_periodically(db, settings.retention_interval), name="casd-periodic-retention"
+    )
     try:
         yield
     finally:

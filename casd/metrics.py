@@ -95,11 +95,14 @@ COLLECTED_BLOBS = Counter(
 COLLECTED_BYTES = Counter(
     "casd_collected_bytes", "Bytes deleted by garbage collection", registry=REGISTRY
 )
+RETENTION_DELETED = Counter(
+    "casd_retention_deleted_names", "Names deleted by retention policies", registry=REGISTRY
+)
 
 
 async def render(db: Database, staging_dirs: Mapping[str, Path]) -> bytes:
     """The text exposition: the counters of every process, and the shared gauges."""
-    shared = [*await _stored_blobs(db), *await _last_runs(db)]
+    shared = [*await _stored_blobs(db), *await _last_runs(db), *await _usage(db)]
     return await asyncio.to_thread(_exposition, shared, staging_dirs)
 
 
@@ -152,6 +155,32 @@ async def _last_runs(db: Database) -> list[Metric]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 stats.add_metric([row["kind"], stat], value)
     return [when, stats]
+
+
+async def _usage(db: Database) -> list[Metric]:
+    """Budgets and usage of the tokens in use and of the prefixes with quotas."""
+    token_used = GaugeMetricFamily(
+        "casd_token_used_bytes", "Bytes of new blobs stored by a token's uploads", labels=["token"]
+    )
+    token_quota = GaugeMetricFamily(
+        "casd_token_quota_bytes", "A token's byte budget", labels=["token"]
+    )
+    prefix_used = GaugeMetricFamily(
+        "casd_prefix_used_bytes",
+        "Bytes referenced by the names under a prefix with a quota",
+        labels=["prefix"],
+    )
+    prefix_quota = GaugeMetricFamily(
+        "casd_prefix_quota_bytes", "A prefix's quota", labels=["prefix"]
+    )
+    for row in await db.fetch("token_usage"):
+        token_used.add_metric([str(row["id"])], row["used_bytes"])
+        if row["quota_bytes"] is not None:
+            token_quota.add_metric([str(row["id"])], row["quota_bytes"])
+    for row in await db.fetch("prefix_usage"):
+        prefix_used.add_metric([row["prefix"]], row["used_bytes"])
+        prefix_quota.add_metric([row["prefix"]], row["quota_bytes"])
+    return [token_used, token_quota, prefix_used, prefix_quota]
 
 
 def _staged(staging_dirs: Mapping[str, Path]) -> list[Metric]:

@@ -144,8 +144,17 @@ class HistoryEntry:
     metadata: dict[str, Any] | None
     actor: str
     at: datetime
+    source_name: str | None = None  # a promotion: the name and version it copied
+    source_version: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> HistoryEntry:
+        return cls(**dict(row))
 
     def as_dict(self) -> dict[str, Any]:
+        source = None
+        if self.source_name is not None:
+            source = {"name": self.source_name, "version": self.source_version}
         return {
             "version": self.version,
             "action": self.action,
@@ -154,6 +163,7 @@ class HistoryEntry:
             "metadata": self.metadata,
             "actor": self.actor,
             "at": iso_utc(self.at),
+            "source": source,
         }
 
 
@@ -219,38 +229,66 @@ class NameService:
         if metadata is not None:
             check_metadata(metadata)
         async with self.db.transaction() as tx:
-            size = await _hold_blob(tx, digest)
-            if expected.absent:
-                await tx.execute("lock_name_lifecycle", name_lock_key(name))
-            current = await _lock_current(tx, name)
-            expected.check(current)
-            if current is None:
-                row = await tx.fetchrow("create_name", name, digest, metadata or {}, actor)
-            else:
-                row = await tx.fetchrow(
-                    "update_name", name, digest, metadata, actor, current.digest
-                )
-        return NameRecord.from_row(row, size=size, healthy=True), current is None
+            return await _write(tx, name, digest, metadata, expected, actor)
 
-    async def delete(self, name: str, expected: Precondition, actor: str) -> int:
-        """Delete ``name`` if it is as ``expected``; return the version its deletion has."""
+    async def promote(
+        self,
+        name: str,
+        source: str,
+        source_version: int | None,
+        metadata: dict[str, Any] | None,
+        expected: Precondition,
+        actor: str,
+    ) -> tuple[NameRecord, bool]:
+        """Point ``name`` at what ``source`` points at (at ``source_version``, if given), in one
+        compare-and-swap step that records the source and its version in the history.
+        ``metadata`` None copies the source's metadata."""
+        validate_name(name)
+        validate_name(source)
+        if metadata is not None:
+            check_metadata(metadata)
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow("lock_source_name", source)
+            if row is None:
+                raise NameNotFound(f"no name {source!r} to promote")
+            if source_version is not None and row["version"] != source_version:
+                raise PreconditionFailed(
+                    f"the source {source!r} is at version {row['version']}, not {source_version}"
+                )
+            copied = dict(row["metadata"]) if metadata is None else metadata
+            origin = (source, row["version"])
+            return await _write(tx, name, row["digest"], copied, expected, actor, origin)
+
+    async def delete(
+        self, name: str, expected: Precondition, actor: str, *, admin: bool = False
+    ) -> int:
+        """Delete ``name`` if it is as ``expected`` and no policy forbids it; return the version
+        its deletion has. Only ``admin`` callers may delete protected names."""
+        from casd.policies import NamePolicies
+
         validate_name(name)
         async with self.db.transaction() as tx:
             await tx.execute("lock_name_lifecycle", name_lock_key(name))
             current = await _lock_current(tx, name)
             expected.check(current)
+            (await NamePolicies.read(tx, name)).check_delete(admin)
             version: int = await tx.fetchval("delete_name", name, actor)
         return version
 
     async def listing(
-        self, prefix: str = "", after: str = "", limit: int = DEFAULT_PAGE
+        self,
+        prefix: str = "",
+        after: str = "",
+        limit: int = DEFAULT_PAGE,
+        readable: tuple[str, ...] | None = None,
     ) -> tuple[list[NameRecord], str | None]:
         """A page of names that start with ``prefix``, in byte order after ``after``, and the
-        name to continue after when more follow."""
+        name to continue after when more follow; only names under ``readable`` if given."""
         validate_name_part(prefix, "prefix")
         validate_name_part(after, "after")
         validate_page_size(limit)
-        rows = await self.db.fetch("list_names", prefix, after, limit + 1)
+        scope = None if readable is None else list(readable)
+        rows = await self.db.fetch("list_names", prefix, after, limit + 1, scope)
         records = [NameRecord.from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return records, records[-1].name if more else None
@@ -268,7 +306,7 @@ class NameService:
         rows = await self.db.fetch("name_history", name, bound, limit + 1)
         if not rows and not await self.db.fetchval("name_ever_existed", name):
             raise NameNotFound(f"no name {name!r} has ever existed")
-        entries = [HistoryEntry(**dict(row)) for row in rows[:limit]]
+        entries = [HistoryEntry.from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return entries, entries[-1].version if more else None
 
@@ -282,6 +320,46 @@ async def _hold_blob(tx: Queries, digest: str) -> int:
         raise UnknownBlob(f"blob {digest} is {state}; a name can only point at a stored blob")
     size: int = row["size"]
     return size
+
+
+async def _write(
+    tx: Queries,
+    name: str,
+    digest: str,
+    metadata: dict[str, Any] | None,
+    expected: Precondition,
+    actor: str,
+    source: tuple[str, int] | None = None,
+) -> tuple[NameRecord, bool]:
+    """The compare-and-swap write of a name inside ``tx``, its policies checked."""
+    from casd.policies import NamePolicies
+
+    size = await _hold_blob(tx, digest)
+    # Before the name's own locks, in prefix order: writers under one quota take turns.
+    policies = await NamePolicies.lock(tx, name)
+    if expected.absent:
+        await tx.execute("lock_name_lifecycle", name_lock_key(name))
+    current = await _lock_current(tx, name)
+    expected.check(current)
+    await policies.check_write(tx, current)
+    await policies.check_quotas(tx, digest)
+    source_name, source_version = source or (None, None)
+    if current is None:
+        row = await tx.fetchrow(
+            "create_name", name, digest, metadata or {}, actor, source_name, source_version
+        )
+    else:
+        row = await tx.fetchrow(
+            "update_name",
+            name,
+            digest,
+            metadata,
+            actor,
+            current.digest,
+            source_name,
+            source_version,
+        )
+    return NameRecord.from_row(row, size=size, healthy=True), current is None
 
 
 async def _lock_current(tx: Queries, name: str) -> NameRecord | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import blake3
 
 from casd.auth import Token
-from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService
+from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService, Charge
 from casd.blobstore import BlobStore, StagedBlob
 from casd.database import Database
 from casd.digests import format_digest, new_hasher
@@ -32,6 +32,7 @@ from casd.errors import (
     InvalidRequest,
     MismatchingUploadOffset,
     PayloadTooLarge,
+    QuotaExceeded,
     Unavailable,
     UploadNotFound,
 )
@@ -89,6 +90,11 @@ class Append:
     complete: bool = False
     length: int | None = None  # Upload-Length
     digest: str | None = None  # Casd-Digest
+    charge: Charge | None = None  # the token's budget, which the upload's new bytes draw on
+
+    def check_budget(self, size: int | None) -> None:
+        if self.charge is not None:
+            self.charge.check(size)
 
 
 class UploadService:
@@ -141,6 +147,9 @@ class UploadService:
             if length != lease.row.length and length is not None:
                 await self.leases.set_length(lease, length)
                 lease.row = replace(lease.row, length=length)
+        except QuotaExceeded:
+            await self._discard(lease)  # an upload over budget leaves nothing behind
+            raise
         except BaseException:
             await self._release(lease, lease.row.offset)
             raise
@@ -167,9 +176,11 @@ class UploadService:
         if request.digest and row.expected_digest and request.digest != row.expected_digest:
             raise InvalidRequest("Casd-Digest differs from the one the upload was created with")
         self.blobs.check_announced_size(length)
+        request.check_budget(length)
         if size is not None:
             end = row.offset + size
             self._check_end(length, end)
+            request.check_budget(end)
             if request.complete and length is not None and end != length:
                 raise InvalidRequest(f"the upload would end at byte {end}, not at {length}")
         return length
@@ -223,11 +234,12 @@ class UploadService:
         try:
             sink.hasher = await self._hasher_for(lease)
             await _accept(body)
-            await self._pump(lease, body, sink)
-        except _INVALID:
+            await self._pump(lease, request, body, sink)
+        except _INVALID as error:
             with contextlib.suppress(Exception):
                 await sink.settle()  # no write may land once another request may write
-            await (self._discard(lease) if fresh else self._release(lease, sink.start))
+            discard = fresh or isinstance(error, QuotaExceeded)  # over budget: nothing stays
+            await (self._discard(lease) if discard else self._release(lease, sink.start))
             raise
         except BaseException as error:
             replacement = await self._keep_received(lease, sink, error)
@@ -253,7 +265,7 @@ class UploadService:
                 await asyncio.to_thread(hasher.update, chunk)
         return hasher
 
-    async def _pump(self, lease: Lease, body: RequestBody, sink: _Sink) -> None:
+    async def _pump(self, lease: Lease, request: Append, body: RequestBody, sink: _Sink) -> None:
         """Absorb the body in buffers, recording durable progress every few seconds; on an
         interruption the bytes that arrived are absorbed before the error goes on."""
         loop = asyncio.get_running_loop()
@@ -263,6 +275,7 @@ class UploadService:
         try:
             async for chunk in _received(body.chunks):
                 self._check_end(lease.row.length, sink.end + gathered + len(chunk))
+                request.check_budget(sink.end + gathered + len(chunk))
                 parts.append(chunk)
                 gathered += len(chunk)
                 if gathered < INGEST_BUFFER:
@@ -331,7 +344,10 @@ class UploadService:
             await self._discard(lease)
             raise DigestMismatch(f"the upload hashes to {digest}, not {expected}; it was discarded")
         try:
-            await self.blobs.publish(sink.staged, digest)
+            await self.blobs.publish(sink.staged, digest, request.charge)
+        except QuotaExceeded:
+            await self._discard(lease)
+            raise
         except BaseException:
             await self._release(lease, size, sink)
             raise

@@ -13,10 +13,10 @@ from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.http import accesslog, blobs, names, ops, tokens, uploads
+from casd.http import accesslog, blobs, names, ops, policies, tokens, uploads
 from casd.http.context import SERVICES, Services
 from casd.http.problems import problem_middleware
-from casd.maintenance import periodic_scrub
+from casd.maintenance import periodic_retention, periodic_scrub
 
 # Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
 IO_THREADS = 64
@@ -47,7 +47,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app.cleanup_ctx.append(services_ctx)
     if settings.scrub_interval:
         app.cleanup_ctx.append(periodic_scrub_ctx)
-    for module in (blobs, names, ops, tokens, uploads):
+    if settings.retention_interval:
+        app.cleanup_ctx.append(periodic_retention_ctx)
+    for module in (blobs, names, ops, policies, tokens, uploads):
         module.setup_routes(app)
     return app
 
@@ -55,4 +57,10 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
 async def periodic_scrub_ctx(app: web.Application) -> AsyncIterator[None]:
     """CASD_SCRUB_INTERVAL: scrub in the background while serving."""
     async with periodic_scrub(app[SERVICES].blobs, app[SERVICES].settings):
+        yield
+
+
+async def periodic_retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """CASD_RETENTION_INTERVAL: apply the retention policies in the background while serving."""
+    async with periodic_retention(app[SERVICES].db, app[SERVICES].settings):
         yield

@@ -9,10 +9,10 @@ from aiohttp import web
 
 from casd import metrics
 from casd.auth import require_upload
-from casd.blobs import Blob, BlobInfo
+from casd.blobs import Blob, BlobInfo, Charge
 from casd.digests import parse_digest
 from casd.errors import CasdError, ExpectationFailed, InvalidRequest
-from casd.http.context import request_token, require_reader, services
+from casd.http.context import request_token, require_blob_reader, services
 from casd.http.ranges import parse_range
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,15 @@ def stored_response(blob: Blob, created: bool) -> web.Response:
     )
 
 
+async def upload_charge(request: web.Request) -> Charge:
+    """The budget of the uploading token (401/403 for callers who may not upload)."""
+    token = require_upload(await request_token(request))
+    return await services(request).tokens.charge_for(token)
+
+
 async def put_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
-    require_upload(await request_token(request))
+    charge = await upload_charge(request)
     blobs = services(request).blobs
     size = content_length(request)
     blobs.check_announced_size(size)
@@ -83,17 +89,22 @@ async def put_blob(request: web.Request) -> web.StreamResponse:
             # The client has not sent the body yet and need not: it is stored already.
             return stored_response(Blob(digest, info.size), created=False)
         await send_continue(request)
-    blob, created = await blobs.ingest(body_chunks(request), digest, size)
+    elif charge.remaining is not None and await blobs.stored(digest) is not None:
+        # Stored already, so free: a budget too small for the bytes does not refuse them (if
+        # a collection removes the blob meanwhile, publishing charges and checks it then).
+        charge = charge.unchecked_while_streaming()
+    blob, created = await blobs.ingest(body_chunks(request), digest, size, charge)
     return stored_response(blob, created)
 
 
 async def post_blob(request: web.Request) -> web.StreamResponse:
-    require_upload(await request_token(request))
+    charge = await upload_charge(request)
     blobs = services(request).blobs
     size = content_length(request)
     blobs.check_announced_size(size)
+    charge.check(size)
     await send_continue(request)
-    blob, created = await blobs.ingest(body_chunks(request), None, size)
+    blob, created = await blobs.ingest(body_chunks(request), None, size, charge)
     return stored_response(blob, created)
 
 
@@ -108,7 +119,7 @@ def blob_headers(info: BlobInfo) -> dict[str, str]:
 
 async def head_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
-    await require_reader(request)
+    await require_blob_reader(request, digest, head=True)
     info = await services(request).blobs.readable(digest)
     headers = blob_headers(info) | {"Content-Length": str(info.size)}
     return web.Response(status=200, headers=headers)
@@ -124,7 +135,7 @@ def etag_matches(request: web.Request, digest: str) -> bool:
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
-    await require_reader(request)
+    await require_blob_reader(request, digest, head=False)
     blobs = services(request).blobs
     info = await blobs.readable(digest)
     if etag_matches(request, digest):

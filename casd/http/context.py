@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from casd.auth import Token, TokenStore, parse_bearer
+from casd.auth import Token, TokenStore, parse_bearer, prefix_covers
 from casd.blobs import BlobService
 from casd.blobstore import BlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.errors import Unauthorized
+from casd.errors import Forbidden, Unauthorized
 
 
 @dataclass
@@ -43,7 +43,32 @@ async def request_token(request: web.Request) -> Token | None:
     return token
 
 
-async def require_reader(request: web.Request) -> None:
-    """Reads are open unless the server runs with --private."""
-    if services(request).settings.private and await request_token(request) is None:
+async def require_reader(request: web.Request, name: str | None = None) -> None:
+    """Reads are open unless the server runs with --private; then they need a token, and a
+    token with read prefixes reads only the names under those and its write prefixes."""
+    scope = await read_scope(request)
+    if name is not None and scope is not None and not any(prefix_covers(p, name) for p in scope):
+        raise Forbidden(f"this token may not read {name!r}")
+
+
+async def read_scope(request: web.Request) -> tuple[str, ...] | None:
+    """The prefixes the caller may read; None for every name."""
+    if not services(request).settings.private:
+        return None
+    token = await request_token(request)
+    if token is None:
         raise Unauthorized("this server is private: reads need a bearer token")
+    return token.read_scope
+
+
+async def require_blob_reader(request: web.Request, digest: str, *, head: bool) -> None:
+    """A read-scoped token reads the blobs that a name it may read points at; any token that
+    may upload may also ask whether a blob is stored (HEAD: it could learn it by uploading)."""
+    scope = await read_scope(request)
+    if scope is None:
+        return
+    token = await request_token(request)
+    if head and token is not None and token.may_upload:
+        return
+    if not await services(request).db.fetchval("readable_name_for_digest", digest, list(scope)):
+        raise Forbidden("no name this token may read points at this blob")

@@ -11,8 +11,14 @@ from aiohttp import web
 
 from casd.auth import require_write
 from casd.digests import parse_digest
-from casd.errors import InvalidDigest, InvalidRequest, PayloadTooLarge, PreconditionRequired
-from casd.http.context import request_token, require_reader, services
+from casd.errors import (
+    InvalidDigest,
+    InvalidName,
+    InvalidRequest,
+    PayloadTooLarge,
+    PreconditionRequired,
+)
+from casd.http.context import read_scope, request_token, require_reader, services
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
 
 # A name's body is a digest and a little metadata; nothing legitimate comes near this.
@@ -21,6 +27,7 @@ MAX_BODY = 256 * 1024
 _ENTITY_TAG = re.compile(r'(W/)?"([0-9]{1,19})"')
 _NUMBER = re.compile(r"[0-9]{1,19}")
 _BODY_MEMBERS = {"digest", "metadata"}
+_PROMOTE_MEMBERS = {"source", "source_version", "metadata"}
 
 
 def setup_routes(app: web.Application) -> None:
@@ -47,8 +54,9 @@ def record_response(record: NameRecord, status: int = 200) -> web.Response:
 
 
 async def get_name(request: web.Request) -> web.Response:
-    await require_reader(request)
-    record = await names_of(request).get(request.match_info["name"])
+    name = validate_name(request.match_info["name"])
+    await require_reader(request, name)
+    record = await names_of(request).get(name)
     if _none_match(request, record.version):
         return web.Response(
             status=304, headers={"ETag": etag(record.version), "Cache-Control": "no-cache"}
@@ -60,8 +68,24 @@ async def put_name(request: web.Request) -> web.Response:
     name = validate_name(request.match_info["name"])
     token = require_write(await request_token(request), name)
     expected = write_precondition(request, may_create=True)
-    digest, metadata = parse_put_body(await read_json(request))
+    body = await read_json(request)
+    if isinstance(body, dict) and "source" in body:
+        return await promote(request, name, body, expected, token.actor)
+    digest, metadata = parse_put_body(body)
     record, created = await names_of(request).put(name, digest, metadata, expected, token.actor)
+    return record_response(record, status=201 if created else 200)
+
+
+async def promote(
+    request: web.Request, name: str, body: dict[str, Any], expected: Precondition, actor: str
+) -> web.Response:
+    """``{"source": NAME, "source_version": V, "metadata": {...}}``: copy a name, recording
+    where it came from; the caller must be able to read the source."""
+    source, version, metadata = parse_promote_body(body)
+    await require_reader(request, source)
+    record, created = await names_of(request).promote(
+        name, source, version, metadata, expected, actor
+    )
     return record_response(record, status=201 if created else 200)
 
 
@@ -69,26 +93,28 @@ async def delete_name(request: web.Request) -> web.Response:
     name = validate_name(request.match_info["name"])
     token = require_write(await request_token(request), name)
     expected = write_precondition(request, may_create=False)
-    await names_of(request).delete(name, expected, token.actor)
+    await names_of(request).delete(name, expected, token.actor, admin=token.is_admin)
     return web.Response(status=204)
 
 
 async def list_names(request: web.Request) -> web.Response:
-    await require_reader(request)
+    scope = await read_scope(request)
     query = request.query
     records, following = await names_of(request).listing(
         prefix=query.get("prefix", ""),
         after=query.get("after", ""),
         limit=number_param(request, "limit") or DEFAULT_PAGE,
+        readable=scope,
     )
     body = {"names": [record.as_dict() for record in records], "next": following}
     return web.json_response(body, headers={"Cache-Control": "no-cache"})
 
 
 async def get_history(request: web.Request) -> web.Response:
-    await require_reader(request)
+    name = validate_name(request.match_info["name"])
+    await require_reader(request, name)
     entries, following = await names_of(request).history(
-        request.match_info["name"],
+        name,
         before=number_param(request, "before"),
         limit=number_param(request, "limit") or DEFAULT_PAGE,
     )
@@ -202,3 +228,25 @@ def parse_put_body(body: Any) -> tuple[str, dict[str, Any] | None]:
     if "metadata" in body and not isinstance(metadata, dict):
         raise InvalidRequest("metadata must be a JSON object")
     return parse_digest(digest), metadata
+
+
+def parse_promote_body(body: dict[str, Any]) -> tuple[str, int | None, dict[str, Any] | None]:
+    """``(source, source_version, metadata)`` of a promotion's body."""
+    unknown = body.keys() - _PROMOTE_MEMBERS
+    if unknown:
+        listed = ", ".join(repr(member[:40]) for member in sorted(unknown)[:5])
+        raise InvalidRequest(
+            f"unknown members {listed}; a promotion has source, source_version and metadata"
+        )
+    source = body["source"]
+    if not isinstance(source, str):
+        raise InvalidName("source must be a name")
+    version = body.get("source_version")
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**63
+    ):
+        raise InvalidRequest("source_version must be a positive whole number")
+    metadata = body.get("metadata")
+    if "metadata" in body and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be a JSON object")
+    return validate_name(source), version, metadata

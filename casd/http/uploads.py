@@ -16,7 +16,7 @@ from casd.blobs import Blob
 from casd.digests import parse_digest
 from casd.errors import InvalidRequest
 from casd.http.blobs import content_length, defer_expect, send_continue, stored_response
-from casd.http.context import SERVICES, request_token
+from casd.http.context import SERVICES, request_token, services
 from casd.uploads import Append, RequestBody, UploadService, UploadStatus
 
 UPLOADS = web.AppKey("uploads", UploadService)
@@ -76,13 +76,14 @@ def upload_complete(request: web.Request) -> bool:
     return raw == "?1"
 
 
-def append_request(request: web.Request, *, offset: int) -> Append:
+async def append_request(request: web.Request, token: Token, *, offset: int) -> Append:
     digest = request.headers.get("Casd-Digest")
     return Append(
         offset=offset,
         complete=upload_complete(request),
         length=header_int(request, "Upload-Length"),
         digest=None if digest is None else parse_digest(digest.strip()),
+        charge=await services(request).tokens.charge_for(token),
     )
 
 
@@ -122,7 +123,7 @@ async def uploader(request: web.Request) -> Token:
 async def post_upload(request: web.Request) -> web.StreamResponse:
     token = await uploader(request)
     outcome = await request.app[UPLOADS].create(
-        token, append_request(request, offset=0), request_body(request)
+        token, await append_request(request, token, offset=0), request_body(request)
     )
     return answer(outcome, created=True)
 
@@ -141,7 +142,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     if offset is None:
         raise InvalidRequest("PATCH needs Upload-Offset")
     outcome = await request.app[UPLOADS].append(
-        upload_id, token, append_request(request, offset=offset), request_body(request)
+        upload_id, token, await append_request(request, token, offset=offset), request_body(request)
     )
     return answer(outcome, created=False)
 
