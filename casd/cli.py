@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from casd import cli_client
+from casd import cli_admin, cli_client
 from casd.config import SETTINGS, SettingError, Settings, load_settings, parse_duration
 from casd.errors import CasdError
 
@@ -121,7 +121,11 @@ def migrate(**options: Any) -> None:
 
 @main.group()
 def token() -> None:
-    """Create, list and revoke bearer tokens."""
+    """Create, list and revoke bearer tokens.
+
+    Over HTTP with --url (or CASD_URL) and --token (or CASD_TOKEN); on the server's data
+    directory and database directly when --data-dir or --database-url is given, or no URL is.
+    """
 
 
 def with_tokens(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
@@ -139,51 +143,84 @@ def with_tokens(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, An
     return with_database(settings, run)
 
 
+def local(options: dict[str, Any]) -> bool:
+    """Whether a token command works on the data directory rather than over HTTP."""
+    url = options.pop("url", None)
+    options.pop("token", None)
+    return url is None or options.get("data_dir") is not None or bool(options.get("database_url"))
+
+
 @token.command("create")
 @server_options
-@click.option(
-    "--write", "prefixes", multiple=True, required=True, help="A write prefix ('' = all)."
-)
+@cli_admin.http_options
+@click.option("--write", "prefixes", multiple=True, help="A write prefix ('' = all: an admin).")
+@click.option("--read", "reads", multiple=True, help="Read only these (and the write) prefixes.")
+@click.option("--mint", is_flag=True, help="May create tokens within its own scope.")
+@click.option("--expires-in", callback=cli_admin.duration, help="Expire after this long (8h).")
+@click.option("--quota", callback=cli_admin.size, help="Bytes of new blobs it may store (10GiB).")
 @click.option("--name", "label", default="", help="A label for lists and history.")
-def token_create(prefixes: tuple[str, ...], label: str, **options: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record, secret included.")
+def token_create(
+    prefixes: tuple[str, ...],
+    reads: tuple[str, ...],
+    mint: bool,
+    expires_in: float | None,
+    quota: int | None,
+    label: str,
+    as_json: bool,
+    **options: Any,
+) -> None:
     """Create a token; its secret is printed once."""
-    _, secret = with_tokens(settings_from(**options), lambda store: store.create(prefixes, label))
-    click.echo(secret)
+    from casd.auth import TokenSpec
+
+    spec = TokenSpec(prefixes, label, reads or None, mint, expires_in, quota)
+    url, secret = options.get("url"), options.get("token")
+    if not (prefixes or reads):
+        raise click.UsageError("give at least one --write or --read prefix")
+    if local(options):
+        created, secret = with_tokens(
+            settings_from(**options), lambda store: store.create((), spec=spec)
+        )
+        record = created.as_dict() | {"token": secret}
+    else:
+        record = cli_admin.create_token(url, secret, spec)
+    click.echo(json.dumps(record, indent=2) if as_json else record["token"])
 
 
 @token.command("list")
 @server_options
+@cli_admin.http_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def token_list(as_json: bool, **options: Any) -> None:
     """List tokens (never their secrets)."""
-    tokens = with_tokens(settings_from(**options), lambda store: store.list())
-    rows = [
-        {
-            "id": token.id,
-            "name": token.label,
-            "write": list(token.write_prefixes),
-            "created_at": token.created_at.isoformat() if token.created_at else None,
-            "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
-        }
-        for token in tokens
-    ]
+    url, secret = options.get("url"), options.get("token")
+    if local(options):
+        tokens = with_tokens(settings_from(**options), lambda store: store.list())
+        records = [token.as_dict() for token in tokens]
+    else:
+        records = cli_admin.list_tokens(url, secret)
+    rows = [cli_admin.token_row(record) for record in records]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        state = "revoked" if row["revoked_at"] else "active"
-        prefixes = ", ".join(repr(prefix) for prefix in row["write"])
-        click.echo(f"{row['id']}\t{state}\t{row['name']}\twrite: {prefixes}")
+        click.echo(cli_admin.token_line(row))
 
 
 @token.command("revoke")
 @server_options
+@cli_admin.http_options
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int, **options: Any) -> None:
-    """Revoke a token by id."""
-    if not with_tokens(settings_from(**options), lambda store: store.revoke(token_id)):
-        raise click.ClickException(f"no active token with id {token_id}")
-    click.echo(f"revoked token {token_id}", err=True)
+    """Revoke a token by id (and every token minted under it)."""
+    url, secret = options.get("url"), options.get("token")
+    if local(options):
+        revoked = with_tokens(settings_from(**options), lambda store: store.revoke_all(token_id))
+        if token_id not in revoked:
+            raise click.ClickException(f"no active token with id {token_id}")
+    else:
+        revoked = cli_admin.revoke_token(url, secret, token_id)
+    click.echo(f"revoked tokens {', '.join(map(str, revoked))}", err=True)
 
 
 # --- scrub and gc: the integrity of stored blobs (casd/scrub.py, casd/gc.py) ---
@@ -270,8 +307,10 @@ def scrub(
 def gc(
     grace: float | None, keep_versions: int | None, dry_run: bool, as_json: bool, **options: Any
 ) -> None:
-    """Delete blobs that no name keeps and nobody uploaded recently."""
+    """Apply the retention policies, then delete blobs that no name keeps and nobody uploaded
+    recently (a dry run applies no retention)."""
     from casd.gc import Collector
+    from casd.retention import RetentionReport, apply_retention
 
     settings = settings_from(gc_grace=grace, keep_versions=keep_versions, **options)
     listed: list[dict[str, Any]] = []
@@ -281,7 +320,8 @@ def gc(
         if dry_run and not as_json:
             click.echo(f"{digest}\t{size}")
 
-    def collect(blobs: Any) -> Coroutine[Any, Any, Any]:
+    async def collect(blobs: Any) -> tuple[RetentionReport, Any]:
+        retention = RetentionReport() if dry_run else await apply_retention(blobs.db)
         policy = Collector(
             blobs,
             keep_versions=settings.keep_versions,
@@ -289,18 +329,25 @@ def gc(
             dry_run=dry_run,
             on_blob=show,
         )
-        return policy.run()
+        return retention, await policy.run()
 
-    report = with_blobs(settings, collect)
+    retention, report = with_blobs(settings, collect)
     if as_json:
-        click.echo(json.dumps(report.as_dict() | {"blobs": listed}, indent=2))
-    else:
-        click.echo(report.summary())
+        extra = {"blobs": listed, "retention": retention.as_dict()}
+        click.echo(json.dumps(report.as_dict() | extra, indent=2))
+        return
+    if retention.deleted:
+        click.echo(f"retention deleted {retention.deleted} names")
+    click.echo(report.summary())
 
 
 # --- client commands: put, get, resolve, tag, history (casd/cli_client.py) ---
 
 cli_client.register(main)
+
+# --- policies and promotion over HTTP (casd/cli_admin.py) ---
+
+cli_admin.register(main)
 
 
 def fail(message: str) -> None:
