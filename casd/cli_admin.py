@@ -176,7 +176,7 @@ def policy_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.argument("prefix")
 @click.option("--protected/--no-protected", default=None, help="Only admins delete names.")
 @click.option("--immutable/--no-immutable", default=None, help="Names are created once.")
-@click.option("--quota", callback=size, help="Bytes its names may reference (10GiB); 'none'.")
+@click.option("--quota", callback=size, help="Bytes its names may reference (10GiB).")
 @click.option("--no-quota", is_flag=True, help="Remove the quota.")
 @click.option("--delete-after", callback=duration, help="Delete names this long after a change.")
 @click.option("--keep-forever", is_flag=True, help="Remove --delete-after.")
