@@ -36,6 +36,7 @@ TOKEN_CACHE_SECONDS = 2.0
 TOKEN_CACHE_SIZE = 1024
 REVOCATIONS = "casd_token_revoked"  # the notification channel revoke_token speaks on
 REWATCH_SECONDS = 5.0
+NOTIFICATION_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -351,8 +352,18 @@ class TokenStore:
         return token_id in await self.revoke_all(token_id)
 
     async def revoke_all(self, token_id: int) -> builtins.list[int]:
-        """Revoke a token and every token minted under it; the ids revoked."""
-        return [row["id"] for row in await self.db.fetch("revoke_token", token_id)]
+        """Revoke a token and every token minted under it; the ids revoked. A server returns
+        once it has heard its own notification: this process trusts none of them any more, and
+        PostgreSQL has sent the notification to every other listening server."""
+        generation = self._generation
+        revoked = [row["id"] for row in await self.db.fetch("revoke_token", token_id)]
+        deadline = time.monotonic() + NOTIFICATION_WAIT_SECONDS
+        while revoked and self._listener is not None and self._generation == generation:
+            if time.monotonic() > deadline:
+                self._forget()  # a notification gone astray: forget everything anyway
+                break
+            await asyncio.sleep(0.002)
+        return revoked
 
     async def create_admin_if_first(self) -> str | None:
         """On an empty database, create the admin token (empty prefix) and return its secret."""
