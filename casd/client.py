@@ -19,19 +19,19 @@ Every failure raises a :class:`casd.errors.CasdError` subclass carrying the prob
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import blake3
 from yarl import URL
 
+from casd.client_state import FileIdentity, UploadJournal
 from casd.client_support import (
     TRANSPORT_ERRORS,
     Download,
@@ -39,13 +39,18 @@ from casd.client_support import (
     NameRecord,
     Progress,
     Retry,
+    RetryNote,
     StoredBlob,
+    Throttle,
+    TlsFailure,
     buffers,
     error_from_problem,
     file_chunks,
     hash_file,
     offset_header,
     raise_for_problem,
+    retry_after,
+    stream_chunks,
     unreachable,
 )
 from casd.digests import parse_digest
@@ -88,11 +93,22 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         retry: Retry | None = None,
         small_file_limit: int = SMALL_FILE_LIMIT,
+        timeout: float | None = None,
+        on_retry: RetryNote | None = None,
+        limit_rate: int | None = None,
+        journal: UploadJournal | None = None,
     ) -> None:
+        """``timeout``: seconds to connect and, once connected, without a byte (default 30
+        and 300); ``on_retry`` hears of every retry; ``limit_rate``: bytes per second of each
+        transfer; ``journal``: remember uploads so that a later process resumes them."""
         self.url = url.rstrip("/")
         self.token = token
         self.retry = retry or Retry()
         self.small_file_limit = small_file_limit
+        self.timeout = timeout
+        self.on_retry = on_retry
+        self.limit_rate = limit_rate
+        self.journal = journal
         self._session = session
         self._own_session = session is None
 
@@ -111,7 +127,9 @@ class Client:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             # No overall limit: a 2.5 GB upload over a slow link takes hours.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeout or 30, sock_read=self.timeout or 300
+            )
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
@@ -152,11 +170,25 @@ class Client:
         while True:
             try:
                 return await attempt()
-            except Unavailable:
+            except Unavailable as error:
                 failures += 1
-                if failures >= self.retry.attempts:
-                    raise
-                await asyncio.sleep(self.retry.delay(failures))
+                await self.backoff(failures, error)
+
+    async def backoff(self, failures: int, error: CasdError, giving_up: str = "") -> None:
+        """Wait before try ``failures + 1``; raise when the tries are used up or ``error``
+        cannot go away by trying again (TLS). ``giving_up`` prefixes the final message."""
+        if isinstance(error, TlsFailure):
+            raise error
+        if failures >= self.retry.attempts:
+            if not giving_up:
+                raise error
+            raise Unavailable(
+                f"{giving_up}: gave up after {failures} tries: {error.detail}"
+            ) from error
+        delay = retry_after(error) or self.retry.delay(failures)
+        if self.on_retry is not None:
+            self.on_retry(failures, self.retry.attempts, delay, error)
+        await asyncio.sleep(delay)
 
     # --- blobs ---
 
@@ -180,20 +212,78 @@ class Client:
         return StoredBlob(body["digest"], body["size"], created=status == 201)
 
     async def put_file(
-        self, path: str | os.PathLike[str], *, progress: Progress | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        hashing: Progress | None = None,
     ) -> StoredBlob:
-        """Store a file's bytes; small files in one PUT, large ones through a resumable upload."""
+        """Store a file's bytes; small files in one PUT, large ones through a resumable upload
+        (with a journal, one that a later process resumes: the file is not even hashed again).
+        ``hashing`` hears how the hashing goes, ``progress`` how the sending goes."""
         source = Path(path)
-        digest, size = await asyncio.to_thread(hash_file, source)
+        identity = await asyncio.to_thread(FileIdentity.of, source)
+        record = self.journal.find(self.url, identity) if self.journal else None
+        if record is not None:
+            digest, size = record.digest, identity.size
+        else:
+            digest, size = await asyncio.to_thread(hash_file, source, hashing)
         if size <= self.small_file_limit:
             return await self.retrying(lambda: self._put_small(source, digest, size, progress))
         stored = await self.blob_size(digest)
         if stored is not None:
+            self._forget(identity)
             if progress:
                 progress(size, size)
             return StoredBlob(digest, stored)
+        if record is not None:
+            try:
+                return await self._upload(record.upload_url, source, identity, digest, progress)
+            except UploadNotFound:
+                pass  # finished meanwhile, expired or cancelled: start anew
         upload_url = await self.start_upload(size, digest)
-        return await self.resume_upload(upload_url, source, digest=digest, progress=progress)
+        if self.journal:
+            self.journal.remember(self.url, identity, upload_url, digest)
+        return await self._upload(upload_url, source, identity, digest, progress)
+
+    async def _upload(
+        self,
+        upload_url: str,
+        source: Path,
+        identity: FileIdentity,
+        digest: str,
+        progress: Progress | None,
+    ) -> StoredBlob:
+        """Resume an upload; forget its record unless it may still be resumed later."""
+        try:
+            blob = await self.resume_upload(upload_url, source, digest=digest, progress=progress)
+        except CasdError as error:
+            if not isinstance(error, Unavailable):
+                self._forget(identity)
+            raise
+        self._forget(identity)
+        return blob
+
+    def _forget(self, identity: FileIdentity) -> None:
+        if self.journal:
+            self.journal.forget(self.url, identity)
+
+    async def put_stream(self, stream: IO[bytes]) -> StoredBlob:
+        """Store what a stream (stdin) holds in one ``POST /v1/blobs``; the server's digest
+        is checked against the one computed on the way. Not retried: a stream is read once."""
+        hasher = blake3.blake3()
+        counted = [0]
+        chunks = stream_chunks(stream, hasher, counted, Throttle(self.limit_rate))
+        status, body, _ = await self.request_json(
+            "POST", self.endpoint("/v1/blobs"), data=chunks, ok=(200, 201)
+        )
+        digest = "blake3:" + hasher.hexdigest()
+        if (body["digest"], body["size"]) != (digest, counted[0]):
+            raise DigestMismatch(
+                f"the server stored {body['digest']} ({body['size']} bytes), but {counted[0]}"
+                f" bytes hashing to {digest} were sent"
+            )
+        return StoredBlob(digest, counted[0], created=status == 201)
 
     async def _put_small(
         self, source: Path, digest: str, size: int, progress: Progress | None
@@ -201,7 +291,7 @@ class Client:
         status, body, _ = await self.request_json(
             "PUT",
             self.endpoint(f"/v1/blobs/{digest}"),
-            data=file_chunks(source, 0, size, progress),
+            data=file_chunks(source, 0, size, progress, Throttle(self.limit_rate)),
             headers={"Content-Length": str(size)},
             expect100=True,
             ok=(200, 201),
@@ -247,6 +337,7 @@ class Client:
         source = Path(path)
         size = (await asyncio.to_thread(source.stat)).st_size
         failures, offset, best = 0, None, -1
+        failure: CasdError
         while True:
             try:
                 if offset is None:
@@ -257,23 +348,21 @@ class Client:
                     progress(offset, size)
                 return await self._patch_rest(upload_url, source, offset, size, digest, progress)
             except MismatchingUploadOffset as error:
-                offset = offset_header(error)
-                failures += 1
+                offset, failure = offset_header(error), error
             except UploadNotFound:
                 # An earlier request may have finished it while its answer was lost.
                 if digest is not None and await self.blob_size(digest) == size:
                     return StoredBlob(digest, size)
                 raise
-            except Unavailable:
-                failures, offset = failures + 1, None
+            except Unavailable as error:
+                offset, failure = None, error
             except InvalidRequest as error:
                 if "Upload-Offset" not in error.headers:
                     raise
                 # The body broke off on the way (a proxy, say); the server kept what came.
-                failures, offset = failures + 1, offset_header(error)
-            if failures >= self.retry.attempts:
-                raise Unavailable(f"the upload to {upload_url} made no progress; giving up")
-            await asyncio.sleep(self.retry.delay(failures))
+                offset, failure = offset_header(error), error
+            failures += 1
+            await self.backoff(failures, failure, f"the upload to {upload_url} made no progress")
 
     async def _patch_rest(
         self,
@@ -295,15 +384,31 @@ class Client:
         _, body, _ = await self.request_json(
             "PATCH",
             URL(upload_url, encoded=True),
-            data=file_chunks(source, offset, size, progress),
+            data=file_chunks(source, offset, size, progress, Throttle(self.limit_rate)),
             headers=headers,
             expect100=True,
             ok=(201,),
         )
         return StoredBlob(body["digest"], body["size"], created=True)
 
-    async def cancel_upload(self, upload_url: str) -> None:
-        await self.request_json("DELETE", URL(upload_url, encoded=True), ok=(204,))
+    async def cancel_upload(self, upload: str) -> None:
+        """Cancel an upload, given by its URL or its id; a journal forgets it."""
+        upload_url = upload if "/" in upload else str(self.endpoint(f"/v1/uploads/{upload}"))
+        await self.request_json(
+            "DELETE", URL(upload_url, encoded=True), ok=(204,), not_found=UploadNotFound
+        )
+        if self.journal:
+            self.journal.forget_url(upload_url)
+
+    async def uploads(self) -> list[dict[str, Any]]:
+        """The caller's uploads (``GET /v1/uploads``), each with its ``url``."""
+        _, body, _ = await self.retrying(
+            lambda: self.request_json("GET", self.endpoint("/v1/uploads"))
+        )
+        listed: list[dict[str, Any]] = body["uploads"]
+        for upload in listed:
+            upload["url"] = str(self.endpoint(f"/v1/uploads/{upload['id']}"))
+        return listed
 
     # --- downloads ---
 
@@ -318,32 +423,50 @@ class Client:
         self, digest: str, path: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> StoredBlob:
         """Download a blob to ``path``, verified against its digest. A mismatch raises
-        :class:`DigestMismatch` and leaves no file; ``path`` is replaced only when verified."""
+        :class:`DigestMismatch` and leaves no file; ``path`` is replaced only when verified.
+
+        The bytes go to a partial file next to ``path`` named after the digest, kept when the
+        transfer breaks off (or the process dies): the next download of that digest to that
+        path hashes what it holds and fetches only the rest, with a ``Range``."""
         parse_digest(digest)
         target = Path(path)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.casd-part")
+        partial = target.with_name(f".{target.name}.{digest[7:23]}.casd-part")
+        download = await asyncio.to_thread(Download.partial, partial)
+        if download is None:  # another process fills that one: use one of our own
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.casd-part")
+            download = await asyncio.to_thread(Download.partial, partial)
+            assert download is not None
         try:
-            size = await self._download(digest, partial, progress)
+            size = await self._download(digest, download, progress)
             await asyncio.to_thread(os.replace, partial, target)
+        except (Unavailable, OSError, KeyboardInterrupt, asyncio.CancelledError):
+            raise  # keep the partial file: a later run resumes it
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+            partial.unlink(missing_ok=True)
             raise
-        return StoredBlob(digest, size)
-
-    async def _download(self, digest: str, partial: Path, progress: Progress | None) -> int:
-        download = Download(partial)
-        try:
-            failures = 0
-            while not await self._download_rest(digest, download, progress):
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise Unavailable(f"downloading {digest} kept failing; giving up")
-                await asyncio.sleep(self.retry.delay(failures))
-            await asyncio.to_thread(download.finish)
         finally:
             await asyncio.to_thread(download.close)
-        if download.size != download.total or download.digest != digest:
+        return StoredBlob(digest, size)
+
+    async def get_stream(
+        self, digest: str, stream: IO[bytes], *, progress: Progress | None = None
+    ) -> StoredBlob:
+        """Write a blob to a stream (stdout) as it arrives; verified at the end, when the
+        bytes are out already: a mismatch raises :class:`DigestMismatch` after them."""
+        parse_digest(digest)
+        size = await self._download(digest, Download(stream, restartable=False), progress)
+        return StoredBlob(digest, size)
+
+    async def _download(self, digest: str, download: Download, progress: Progress | None) -> int:
+        if not (download.size and download.digest == digest):  # a finished partial file
+            failures, best = 0, download.size
+            while (error := await self._download_rest(digest, download, progress)) is not None:
+                failures, best = (0, download.size) if download.size > best else (failures, best)
+                failures += 1
+                await self.backoff(failures, error, f"downloading {digest}")
+            await asyncio.to_thread(download.finish)
+        complete = download.total is None or download.size == download.total
+        if not complete or download.digest != digest:
             raise DigestMismatch(
                 f"the bytes received hash to {download.digest} ({download.size} bytes),"
                 f" not {digest}; nothing was kept"
@@ -352,24 +475,29 @@ class Client:
 
     async def _download_rest(
         self, digest: str, download: Download, progress: Progress | None
-    ) -> bool:
-        """Fetch what is missing (a range when resuming); False if the transfer broke."""
+    ) -> Unavailable | None:
+        """Fetch what is missing (a range when resuming); the error if the transfer broke."""
         headers = self.headers({"Range": f"bytes={download.size}-"} if download.size else None)
         url = self.endpoint(f"/v1/blobs/{digest}")
+        throttle = Throttle(self.limit_rate)
         try:
             async with self.session.get(url, headers=headers) as response:
+                if response.status == 416 and download.size:
+                    await asyncio.to_thread(download.reset)
+                    return Unavailable("the partial file is longer than the blob; starting over")
                 if response.status not in (200, 206):
                     await raise_for_problem(response)
                 await asyncio.to_thread(download.begin, response.status, response.headers)
                 async for buffer in buffers(response.content):
                     await asyncio.to_thread(download.write, buffer)
+                    await throttle.pace(len(buffer))
                     if progress and download.total is not None:
                         progress(download.size, download.total)
-                return True
-        except Unavailable:
-            return False
-        except TRANSPORT_ERRORS:
-            return False
+                return None
+        except Unavailable as error:
+            return error
+        except TRANSPORT_ERRORS as error:
+            return unreachable(self.url, error)
 
     # --- names ---
 
@@ -441,6 +569,64 @@ class Client:
             headers={"If-Match": f'"{version}"'},
             ok=(204,),
         )
+
+    async def remove_name(self, name: str, *, version: int | None = None) -> int:
+        """Delete a name at ``version`` (compare-and-swap), or whatever version it is at now
+        (retried on ``412``); the version deleted."""
+        if version is not None:
+            await self.delete_name(name, version=version)
+            return version
+        for _ in range(20):
+            current = await self.resolve(name)
+            try:
+                await self.delete_name(name, version=current.version)
+                return current.version
+            except PreconditionFailed:
+                continue
+        raise PreconditionFailed(f"{name} kept changing; gave up deleting it")
+
+    async def rollback(self, name: str, *, to_version: int | None = None) -> NameRecord:
+        """Point a name back at the digest (and metadata) of an earlier version: by default
+        the newest one before the current whose digest differs. A compare-and-swap from the
+        current version, recorded in the history like any change; :class:`PreconditionFailed`
+        if the name changed meanwhile."""
+        current = await self.resolve(name)
+        earlier = await self._earlier(name, current, to_version)
+        return await self.set_name(
+            name, earlier.digest or "", version=current.version, metadata=earlier.metadata
+        )
+
+    async def _earlier(
+        self, name: str, current: NameRecord, to_version: int | None
+    ) -> HistoryEntry:
+        if to_version is not None:
+            entries = await self.history(name, limit=1, before=to_version + 1)
+            if not entries or entries[0].version != to_version or entries[0].digest is None:
+                raise NameNotFound(f"{name} has no version {to_version} to go back to")
+            return entries[0]
+        before: int | None = current.version
+        while before is not None:
+            entries = await self.history(name, limit=100, before=before)
+            for entry in entries:
+                if entry.digest is not None and entry.digest != current.digest:
+                    return entry
+            before = entries[-1].version if len(entries) == 100 else None
+        raise NameNotFound(
+            f"{name} never pointed at another digest before version {current.version}"
+        )
+
+    async def token_info(self) -> dict[str, Any] | None:
+        """What the server says about our token (``GET /v1/token``): its ``write_prefixes``,
+        ``admin`` and whatever else it tells; None from a server that cannot say."""
+        try:
+            _, body, _ = await self.retrying(
+                lambda: self.request_json("GET", self.endpoint("/v1/token"))
+            )
+        except InvalidRequest as error:
+            if error.status in (404, 405):
+                return None
+            raise
+        return body if isinstance(body, dict) else None
 
     async def _names_page(self, prefix: str, page: int, after: str | None) -> Any:
         params = {"prefix": prefix, "limit": str(page)} | ({"after": after} if after else {})

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import random
+import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import blake3
@@ -38,6 +42,16 @@ from casd.errors import (
 CHUNK = 1024 * 1024
 # ``progress(done, total)`` is called as bytes go out or come in.
 Progress = Callable[[int, int], None]
+# ``note(failures, attempts, delay, error)`` is called before each retry.
+RetryNote = Callable[[int, int, float, CasdError], None]
+# Answers worth retrying though they are 4xx: the server timed out waiting, or asks to slow down.
+RETRYABLE_4XX = (408, 429)
+MAX_RETRY_AFTER = 60.0
+
+
+class TlsFailure(Unavailable):
+    """TLS failed (a certificate, or https spoken to a plain HTTP port): never retried."""
+
 
 _ERRORS: dict[str, type[CasdError]] = {
     error.code: error
@@ -141,11 +155,13 @@ def error_from_problem(
     if not isinstance(body, dict) or not isinstance(body.get("code"), str):
         text = str(body)[:200] if body else ""
         kind = {404: not_found, **_STATUS_ERRORS}.get(status, InvalidRequest)
-        if status >= 500:
+        if status >= 500 or status in RETRYABLE_4XX:
             kind = Unavailable
         error = kind(f"HTTP {status} {text}".strip(), headers=headers)
     else:
         kind = _ERRORS.get(body["code"], CasdError)
+        if kind in (CasdError, InvalidRequest) and status in RETRYABLE_4XX:
+            kind = Unavailable
         extra = {key: value for key, value in body.items() if key not in _PROBLEM_MEMBERS}
         error = kind(str(body.get("detail") or ""), headers=headers, **extra)
         error.code = body["code"]
@@ -166,22 +182,66 @@ async def raise_for_problem(
 
 
 def unreachable(url: str, error: BaseException) -> Unavailable:
-    return Unavailable(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
+    kind = TlsFailure if isinstance(error, aiohttp.ClientSSLError | ssl.SSLError) else Unavailable
+    return kind(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
 
 
-def hash_file(path: Path) -> tuple[str, int]:
+def retry_after(error: CasdError) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (capped), None without one."""
+    raw = error.headers.get("Retry-After", "").strip()
+    return min(float(raw), MAX_RETRY_AFTER) if raw.isdigit() else None
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
     """The digest and size of a file (blocking; every core helps)."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     size = 0
+    total = path.stat().st_size
     with path.open("rb") as file:
         while chunk := file.read(16 * CHUNK):
             hasher.update(chunk)
             size += len(chunk)
+            if progress:
+                progress(size, max(total, size))
     return "blake3:" + hasher.hexdigest(), size
 
 
+def hash_stream(stream: IO[bytes]) -> tuple[str, int]:
+    """The digest and size of what a stream holds (blocking)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    size = 0
+    while chunk := stream.read(16 * CHUNK):
+        hasher.update(chunk)
+        size += len(chunk)
+    return "blake3:" + hasher.hexdigest(), size
+
+
+class Throttle:
+    """At most ``rate`` bytes a second, on average since the first byte (None: no limit)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._start: float | None = None
+        self._sent = 0
+
+    async def pace(self, size: int) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        self._sent += size
+        ahead = self._start + self._sent / self.rate - now
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
 async def file_chunks(
-    path: Path, start: int, end: int, progress: Progress | None
+    path: Path,
+    start: int,
+    end: int,
+    progress: Progress | None,
+    throttle: Throttle | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``start``..``end`` of a file, reporting progress as they are handed out."""
     file = await asyncio.to_thread(path.open, "rb")
@@ -192,12 +252,26 @@ async def file_chunks(
             chunk = await asyncio.to_thread(file.read, min(CHUNK, end - position))
             if not chunk:
                 raise InvalidRequest(f"{path} shrank while it was being uploaded")
+            if throttle:
+                await throttle.pace(len(chunk))
             position += len(chunk)
             yield chunk
             if progress:
                 progress(position, end)
     finally:
         file.close()
+
+
+async def stream_chunks(
+    stream: IO[bytes], hasher: Any, counted: list[int], throttle: Throttle | None = None
+) -> AsyncIterator[bytes]:
+    """What a stream (stdin) holds, hashed on the way; ``counted[0]`` is the bytes so far."""
+    while chunk := await asyncio.to_thread(stream.read, CHUNK):
+        await asyncio.to_thread(hasher.update, chunk)
+        if throttle:
+            await throttle.pace(len(chunk))
+        counted[0] += len(chunk)
+        yield chunk
 
 
 async def buffers(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -220,24 +294,52 @@ def offset_header(error: CasdError) -> int | None:
 
 
 class Download:
-    """A temporary file being filled and hashed, resumable at its size (blocking methods)."""
+    """Bytes being received into a file and hashed, resumable at their size (blocking methods).
 
-    def __init__(self, path: Path) -> None:
-        self.file = path.open("xb")
+    A file target fills a partial file that survives the process: a later download of the
+    same digest hashes what it holds and asks for the rest with a ``Range``. A stream target
+    (stdout) cannot take back what it wrote, so it only ever continues.
+    """
+
+    def __init__(self, file: IO[bytes], *, restartable: bool) -> None:
+        self.file = file
+        self.restartable = restartable
         self.hasher = blake3.blake3()
         self.size = 0
         self.total: int | None = None
+
+    @classmethod
+    def partial(cls, path: Path) -> Download | None:
+        """The partial file at ``path``, opened and hashed so far; None if another process is
+        filling it right now."""
+        file = path.open("a+b")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return None
+        download = cls(file, restartable=True)
+        file.seek(0)
+        while chunk := file.read(16 * CHUNK):
+            download.hasher.update(chunk)
+            download.size += len(chunk)
+        return download
 
     def begin(self, status: int, headers: Any) -> None:
         """Start or continue with an answer: a 206 continues at our size, a 200 starts over."""
         if status == 206 and headers.get("Content-Range", "").startswith(f"bytes {self.size}-"):
             self.total = int(headers["Content-Range"].rpartition("/")[2])
             return
+        if self.size and not self.restartable:
+            raise Unavailable("the server sent the whole blob again; it cannot be taken back")
+        self.reset()
+        length = headers.get("Content-Length")
+        self.total = int(length) if length is not None and length.isdigit() else None
+
+    def reset(self) -> None:
         self.file.seek(0)
         self.file.truncate()
         self.hasher, self.size = blake3.blake3(), 0
-        length = headers.get("Content-Length")
-        self.total = int(length) if length is not None and length.isdigit() else None
 
     def write(self, data: bytes) -> None:
         self.file.write(data)
@@ -246,7 +348,8 @@ class Download:
 
     def finish(self) -> None:
         self.file.flush()
-        os.fsync(self.file.fileno())
+        with contextlib.suppress(OSError):  # a pipe cannot be fsynced
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import blake3
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 5.0
 # In-memory hashers kept for uploads that wait for their next request.
 HASHER_CACHE_SIZE = 256
+# GET /v1/uploads lists at most this many uploads of a token.
+MAX_LISTED = 1000
 # Bad input: the request is refused and the upload stays as it was.
 _INVALID = (InvalidRequest, PayloadTooLarge)
 
@@ -70,6 +74,22 @@ class UploadStatus:
     id: str
     offset: int
     length: int | None
+
+
+@dataclass(frozen=True)
+class UploadSummary:
+    """One upload as its owner lists it (``GET /v1/uploads``)."""
+
+    id: str
+    offset: int  # durable bytes; a request writing now may hold a few seconds more
+    length: int | None
+    digest: str | None  # the digest it was created with (Casd-Digest)
+    created_at: str
+    age: float  # seconds since it was created
+    idle: float  # seconds since its last request; it expires after the upload TTL
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,22 @@ class UploadService:
         """The durable offset, once a request still writing to the upload has ended."""
         row = await self.leases.observe(upload_id, token.id)
         return UploadStatus(upload_id, row.offset, row.length)
+
+    async def listing(self, token: Token, limit: int = MAX_LISTED) -> list[UploadSummary]:
+        """The uploads of ``token``, oldest first (at most ``limit``)."""
+        rows = await self.db.fetch("list_uploads", token.id, limit)
+        return [
+            UploadSummary(
+                row["id"],
+                row["upload_offset"],
+                row["upload_length"],
+                row["expected_digest"],
+                row["created_at"].isoformat(),
+                round(row["age"], 3),
+                round(row["idle"], 3),
+            )
+            for row in rows
+        ]
 
     async def append(
         self, upload_id: str, token: Token, request: Append, body: RequestBody

@@ -120,9 +120,7 @@ def blob_headers(info: BlobInfo) -> dict[str, str]:
 async def head_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     await require_blob_reader(request, digest, head=True)
-    info = await services(request).blobs.readable(digest)
-    headers = blob_headers(info) | {"Content-Length": str(info.size)}
-    return web.Response(status=200, headers=headers)
+    return await serve_blob(request, digest)
 
 
 def etag_matches(request: web.Request, digest: str) -> bool:
@@ -136,12 +134,24 @@ def etag_matches(request: web.Request, digest: str) -> bool:
 async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     await require_blob_reader(request, digest, head=False)
+    return await serve_blob(request, digest)
+
+
+async def serve_blob(
+    request: web.Request, digest: str, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Answer a GET or HEAD with a blob: verified full GET, ``Range``, ``If-None-Match``.
+    ``headers`` are added to (or replace) the blob's own, for every answer but an error."""
     blobs = services(request).blobs
     info = await blobs.readable(digest)
+    extra = headers or {}
     if etag_matches(request, digest):
-        return web.Response(status=304, headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        not_modified = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE} | extra
+        return web.Response(status=304, headers=not_modified)
+    if request.method == "HEAD":
+        return web.Response(headers=blob_headers(info) | {"Content-Length": str(info.size)} | extra)
     byte_range = parse_range(request.headers.get("Range"), info.size)
-    response = web.StreamResponse(headers=blob_headers(info))
+    response = web.StreamResponse(headers=blob_headers(info) | extra)
     if byte_range is None:
         response.content_length = info.size
         chunks = (

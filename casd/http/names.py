@@ -18,6 +18,7 @@ from casd.errors import (
     PayloadTooLarge,
     PreconditionRequired,
 )
+from casd.http.blobs import serve_blob
 from casd.http.context import read_scope, request_token, require_reader, services
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
 
@@ -32,6 +33,8 @@ _PROMOTE_MEMBERS = {"source", "source_version", "metadata"}
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/names", list_names)
+    # Before the name's own route, which would take '.../content' for part of the name.
+    app.router.add_get("/v1/names/{name:.+}/content", get_name_content)
     app.router.add_get("/v1/names/{name:.+}", get_name)
     app.router.add_put("/v1/names/{name:.+}", put_name)
     app.router.add_delete("/v1/names/{name:.+}", delete_name)
@@ -62,6 +65,21 @@ async def get_name(request: web.Request) -> web.Response:
             status=304, headers={"ETag": etag(record.version), "Cache-Control": "no-cache"}
         )
     return record_response(record)
+
+
+async def get_name_content(request: web.Request) -> web.StreamResponse:
+    """The blob a name points at, served like ``GET /v1/blobs/{digest}`` in one request."""
+    name = validate_name(request.match_info["name"])
+    await require_reader(request, name)
+    record = await names_of(request).get(name)
+    headers = {
+        "Content-Location": f"/v1/blobs/{record.digest}",
+        "Casd-Digest": record.digest,
+        "Casd-Name-Version": str(record.version),
+        # The name may move on: caches revalidate, and the digest ETag makes that cheap.
+        "Cache-Control": "no-cache",
+    }
+    return await serve_blob(request, record.digest, headers)
 
 
 async def put_name(request: web.Request) -> web.Response:

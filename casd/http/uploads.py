@@ -26,6 +26,7 @@ def setup_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(uploads_ctx)
     app.on_shutdown.append(end_writers)
     app.router.add_post("/v1/uploads", post_upload, expect_handler=defer_expect)
+    app.router.add_get("/v1/uploads", list_uploads, allow_head=False)
     app.router.add_route("HEAD", "/v1/uploads/{upload_id}", head_upload)
     app.router.add_route(
         "PATCH", "/v1/uploads/{upload_id}", patch_upload, expect_handler=defer_expect
@@ -152,3 +153,10 @@ async def delete_upload(request: web.Request) -> web.StreamResponse:
     token = await uploader(request)
     await request.app[UPLOADS].delete(upload_id, token)
     return web.Response(status=204)
+
+
+async def list_uploads(request: web.Request) -> web.StreamResponse:
+    token = await uploader(request)
+    listed = await request.app[UPLOADS].listing(token)
+    body = {"uploads": [upload.as_dict() for upload in listed]}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

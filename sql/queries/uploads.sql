@@ -73,3 +73,12 @@ SELECT id, pg_notify('casd_uploads', id || ' 9223372036854775807') AS notified F
 
 -- name: existing_upload_ids
 SELECT id FROM uploads WHERE id = ANY($1::text[]);
+
+-- name: list_uploads
+-- The uploads of one token, oldest first: their durable offsets and how long they have lived.
+SELECT id, upload_offset, upload_length, expected_digest, created_at,
+       extract(epoch FROM now() - created_at)::float8 AS age,
+       extract(epoch FROM now() - updated_at)::float8 AS idle
+FROM uploads WHERE token_id = $1
+ORDER BY created_at, id
+LIMIT $2;
