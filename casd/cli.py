@@ -14,26 +14,43 @@ import click
 from casd import cli_admin, cli_client
 from casd.config import SETTINGS, SettingError, Settings, load_settings, parse_duration
 from casd.errors import CasdError
+from casd.exit_codes import HELP as EXIT_HELP
+from casd.exit_codes import Exit, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Failure(click.ClickException):
+    """A one-line message on stderr and the exit status of :mod:`casd.exit_codes`."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
 class CasdGroup(click.Group):
-    """Turns every casd error into a one-line message and a non-zero exit."""
+    """Turns every casd error into a one-line message and the exit status of its kind."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CasdError as error:
-            raise click.ClickException(f"{error.code}: {error.detail}") from error
+            detail = " ".join(error.detail.split())  # one line, whatever the server said
+            raise Failure(f"{error.code}: {detail}", exit_code(error)) from error
         except (ValueError, OSError) as error:
-            raise click.ClickException(str(error)) from error
+            raise Failure(str(error), Exit.OTHER) from error
+        except KeyboardInterrupt:
+            raise Failure("interrupted", 130) from None
 
 
-@click.group(cls=CasdGroup)
+@click.group(cls=CasdGroup, epilog=EXIT_HELP)
 @click.version_option(package_name="casd")
 def main() -> None:
-    """casd: a content-addressed asset store for CI and test infrastructure."""
+    """casd: a content-addressed asset store for CI and test infrastructure.
+
+    Client commands find their server and token in flags, then CASD_URL / CASD_TOKEN /
+    CASD_TOKEN_FILE / CASD_SERVER, then ~/.config/casd/config.toml (see casd login).
+    """
 
 
 def server_options(command: F) -> F:
@@ -341,7 +358,8 @@ def gc(
     click.echo(report.summary())
 
 
-# --- client commands: put, get, resolve, tag, history (casd/cli_client.py) ---
+# --- client commands: put, get, cat, digest, uploads, login (casd/cli_client.py) and
+# resolve, tag, history, ls, rm, rollback (casd/cli_names.py) ---
 
 cli_client.register(main)
 

@@ -544,7 +544,7 @@ class Client:
     ) -> NameRecord:
         """Read-modify-write: ``change(current)`` gives the new digest and metadata (None keeps
         the metadata); retried on ``412`` with the record the server reports as current."""
-        current = await self._current(name)
+        current = await self.current(name)
         for _ in range(attempts):
             digest, metadata = change(current)
             try:
@@ -633,7 +633,7 @@ class Client:
         _, body, _ = await self.request_json("GET", self.endpoint("/v1/names"), params=params)
         return body
 
-    async def _current(self, name: str) -> NameRecord | None:
+    async def current(self, name: str) -> NameRecord | None:
         try:
             return await self.resolve(name)
         except NameNotFound:
