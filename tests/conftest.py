@@ -73,6 +73,22 @@ def free_port() -> int:
         return port
 
 
+@pytest.fixture(scope="session", autouse=True)
+def client_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Client commands keep their config and state in directories of the test session, never
+    in the user's home (a developer's ~/.config/casd must not change what tests see)."""
+    home = tmp_path_factory.mktemp("client-home")
+    saved = {key: os.environ.get(key) for key in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ["XDG_STATE_HOME"] = str(home / "state")
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("CASD_TEST_DATABASE_URL")

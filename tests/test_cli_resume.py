@@ -1,0 +1,141 @@
+"""Transfers that survive the client: ``casd put`` and ``casd get`` killed with SIGKILL half-way
+and run again send or fetch only the rest; a forbidden ``put --name`` sends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.cli_helpers import failed, grows_past, ok, run, run_async, start
+from tests.conftest import CasdServer
+from tests.helpers import digest_of
+from tests.upload_helpers import CuttingProxy, MiB, bearer, call
+
+SIZE = 32 * MiB
+RATE = "8M"  # bytes a second while the command is to be killed: about 4 s for SIZE
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def staged_upload(server: CasdServer) -> Path | None:
+    """The staging file of the one upload in flight on the server."""
+    staged = sorted((server.data_dir / "uploads").glob("*"))
+    return staged[0] if len(staged) == 1 else None
+
+
+def journal_files() -> list[Path]:
+    return sorted(Path(os.environ["XDG_STATE_HOME"], "casd", "uploads").glob("*.json"))
+
+
+async def uploads_of(http: aiohttp.ClientSession, server: CasdServer, token: str) -> list[dict]:
+    answer = await call(http, "GET", f"{server.url}/v1/uploads", headers=bearer(token))
+    assert answer.status == 200, answer.body
+    listed: list[dict] = answer.body["uploads"]
+    return listed
+
+
+async def test_put_killed_half_way_resumes_with_the_rest(
+    server: CasdServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(SIZE)
+    source = write(tmp_path / "disk.qcow2", data)
+    async with CuttingProxy(server.port, []) as proxy:  # counts what reaches the server
+        url = ["--url", proxy.url]
+        first = await start(server, "put", str(source), *url, "--limit-rate", RATE, "-q")
+        staged = await grows_past(lambda: staged_upload(server), 8 * MiB, first)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        assert staged < SIZE, "killed half-way"
+        assert len(journal_files()) == 1, "the upload was recorded in the state directory"
+
+        # The server keeps what arrived and lists the upload, with its offset, to its owner
+        # only (once it has noticed the connection is gone and recorded what came).
+        listed = await uploads_of(http, server, server.admin_token)
+        for _ in range(200):
+            if listed and listed[0]["offset"]:
+                break
+            await asyncio.sleep(0.05)
+            listed = await uploads_of(http, server, server.admin_token)
+        assert [upload["length"] for upload in listed] == [SIZE]
+        offset = listed[0]["offset"]
+        assert 8 * MiB <= offset < SIZE
+        assert listed[0]["digest"] == digest_of(data)
+        assert listed[0]["age"] >= 0
+        other = server.run_cli("token", "create", "--write", "others").stdout.strip()
+        assert await uploads_of(http, server, other) == [], "another token sees none of it"
+
+        before = proxy.forwarded
+        again = await run_async(server, "put", str(source), *url, "--json")
+        sent = proxy.forwarded - before
+    result = json.loads(ok(again))
+    assert (result["digest"], result["size"]) == (digest_of(data), SIZE)
+    rest = SIZE - offset
+    assert rest <= sent < rest + 64 * 1024, (sent, rest)
+    assert await uploads_of(http, server, server.admin_token) == []
+    assert journal_files() == [], "a finished upload is forgotten"
+
+
+async def test_get_killed_half_way_fetches_only_the_rest(
+    server: CasdServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    data = os.urandom(SIZE)
+    digest = digest_of(data)
+    async with http.put(
+        f"{server.url}/v1/blobs/{digest}", data=data, headers=server.admin_headers
+    ) as response:
+        assert response.status == 201
+    target = tmp_path / "copy.qcow2"
+    partial = tmp_path / f".copy.qcow2.{digest[7:23]}.casd-part"
+    first = await start(server, "get", digest, "-o", str(target), "--limit-rate", RATE)
+    await grows_past(lambda: partial, 8 * MiB, first)
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    kept = partial.stat().st_size
+    assert 8 * MiB <= kept < SIZE
+    assert not target.exists(), "nothing at the target before it is verified"
+
+    assert ok(run(server, "get", digest, "-o", str(target))) == digest
+    assert target.read_bytes() == data
+    assert not partial.exists()
+    gets = [line for line in access_lines(server) if line["path"] == f"/v1/blobs/{digest}"]
+    last = gets[-1]
+    assert last["status"] == 206, "the second run asked for a range"
+    assert SIZE - kept <= last["bytes"] < SIZE - kept + 4096, (last, kept)
+
+
+def access_lines(server: CasdServer) -> list[dict]:
+    lines = []
+    for line in server.log().splitlines():
+        if "INFO casd.access: " in line:
+            lines.append(json.loads(line.partition("INFO casd.access: ")[2]))
+    return lines
+
+
+async def test_forbidden_put_with_a_name_sends_no_byte(
+    module_server: CasdServer, tmp_path: Path
+) -> None:
+    token = module_server.run_cli("token", "create", "--write", "team-a").stdout.strip()
+    source = write(tmp_path / "big.img", os.urandom(16 * MiB))
+    async with CuttingProxy(module_server.port, []) as proxy:
+        result = await run_async(
+            module_server,
+            "put",
+            str(source),
+            "--name",
+            "team-b/big.img",
+            "--url",
+            proxy.url,
+            token=token,
+        )
+        sent = proxy.forwarded
+    message = failed(result, 5, "forbidden")
+    assert "team-b/big.img" in message and "'team-a'" in message
+    assert sent < 4096, f"{sent} bytes went out before the refusal"
