@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -35,10 +36,12 @@ def journal_files() -> list[Path]:
     return sorted(Path(os.environ["XDG_STATE_HOME"], "casd", "uploads").glob("*.json"))
 
 
-async def uploads_of(http: aiohttp.ClientSession, server: CasdServer, token: str) -> list[dict]:
+async def uploads_of(
+    http: aiohttp.ClientSession, server: CasdServer, token: str
+) -> list[dict[str, Any]]:
     answer = await call(http, "GET", f"{server.url}/v1/uploads", headers=bearer(token))
     assert answer.status == 200, answer.body
-    listed: list[dict] = answer.body["uploads"]
+    listed: list[dict[str, Any]] = answer.body["uploads"]
     return listed
 
 
@@ -111,8 +114,8 @@ async def test_get_killed_half_way_fetches_only_the_rest(
     assert SIZE - kept <= last["bytes"] < SIZE - kept + 4096, (last, kept)
 
 
-def access_lines(server: CasdServer) -> list[dict]:
-    lines = []
+def access_lines(server: CasdServer) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
     for line in server.log().splitlines():
         if "INFO casd.access: " in line:
             lines.append(json.loads(line.partition("INFO casd.access: ")[2]))
