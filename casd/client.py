@@ -36,6 +36,7 @@ from casd.client_support import (
     TRANSPORT_ERRORS,
     Download,
     HistoryEntry,
+    LocalFileError,
     NameRecord,
     Progress,
     Retry,
@@ -47,6 +48,7 @@ from casd.client_support import (
     error_from_problem,
     file_chunks,
     hash_file,
+    local,
     offset_header,
     raise_for_problem,
     retry_after,
@@ -439,7 +441,7 @@ class Client:
         try:
             size = await self._download(digest, download, progress)
             await asyncio.to_thread(os.replace, partial, target)
-        except (Unavailable, OSError, KeyboardInterrupt, asyncio.CancelledError):
+        except (Unavailable, LocalFileError, OSError, KeyboardInterrupt, asyncio.CancelledError):
             raise  # keep the partial file: a later run resumes it
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -464,7 +466,7 @@ class Client:
                 failures, best = (0, download.size) if download.size > best else (failures, best)
                 failures += 1
                 await self.backoff(failures, error, f"downloading {digest}")
-            await asyncio.to_thread(download.finish)
+            await local(download.finish)
         complete = download.total is None or download.size == download.total
         if not complete or download.digest != digest:
             raise DigestMismatch(
@@ -483,13 +485,13 @@ class Client:
         try:
             async with self.session.get(url, headers=headers) as response:
                 if response.status == 416 and download.size:
-                    await asyncio.to_thread(download.reset)
+                    await local(download.reset)
                     return Unavailable("the partial file is longer than the blob; starting over")
                 if response.status not in (200, 206):
                     await raise_for_problem(response)
-                await asyncio.to_thread(download.begin, response.status, response.headers)
+                await local(download.begin, response.status, response.headers)
                 async for buffer in buffers(response.content):
-                    await asyncio.to_thread(download.write, buffer)
+                    await local(download.write, buffer)
                     await throttle.pace(len(buffer))
                     if progress and download.total is not None:
                         progress(download.size, download.total)

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import blake3
@@ -39,6 +39,7 @@ from casd.errors import (
     UploadNotFound,
 )
 
+T = TypeVar("T")
 CHUNK = 1024 * 1024
 # ``progress(done, total)`` is called as bytes go out or come in.
 Progress = Callable[[int, int], None]
@@ -47,6 +48,12 @@ RetryNote = Callable[[int, int, float, CasdError], None]
 # Answers worth retrying though they are 4xx: the server timed out waiting, or asks to slow down.
 RETRYABLE_4XX = (408, 429)
 MAX_RETRY_AFTER = 60.0
+
+
+class LocalFileError(CasdError):
+    """Reading or writing a local file (or stdout) failed: never the server's fault."""
+
+    code, title = "local-file-error", "Local file error"
 
 
 class TlsFailure(Unavailable):
@@ -186,6 +193,15 @@ def unreachable(url: str, error: BaseException) -> Unavailable:
     return kind(f"cannot talk to casd at {url}: {type(error).__name__}: {error}".strip())
 
 
+async def local(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on local files, in a thread; its OSError as :class:`LocalFileError`
+    (so that no local failure passes for a network one)."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except OSError as error:
+        raise LocalFileError(str(error)) from error
+
+
 def retry_after(error: CasdError) -> float | None:
     """The seconds a ``Retry-After`` header asks for (capped), None without one."""
     raw = error.headers.get("Retry-After", "").strip()
@@ -244,12 +260,12 @@ async def file_chunks(
     throttle: Throttle | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``start``..``end`` of a file, reporting progress as they are handed out."""
-    file = await asyncio.to_thread(path.open, "rb")
+    file = await local(lambda: path.open("rb"))
     try:
-        await asyncio.to_thread(file.seek, start)
+        await local(file.seek, start)
         position = start
         while position < end:
-            chunk = await asyncio.to_thread(file.read, min(CHUNK, end - position))
+            chunk = await local(file.read, min(CHUNK, end - position))
             if not chunk:
                 raise InvalidRequest(f"{path} shrank while it was being uploaded")
             if throttle:
@@ -266,7 +282,7 @@ async def stream_chunks(
     stream: IO[bytes], hasher: Any, counted: list[int], throttle: Throttle | None = None
 ) -> AsyncIterator[bytes]:
     """What a stream (stdin) holds, hashed on the way; ``counted[0]`` is the bytes so far."""
-    while chunk := await asyncio.to_thread(stream.read, CHUNK):
+    while chunk := await local(stream.read, CHUNK):
         await asyncio.to_thread(hasher.update, chunk)
         if throttle:
             await throttle.pace(len(chunk))
@@ -332,7 +348,8 @@ class Download:
             return
         if self.size and not self.restartable:
             raise Unavailable("the server sent the whole blob again; it cannot be taken back")
-        self.reset()
+        if self.size:
+            self.reset()
         length = headers.get("Content-Length")
         self.total = int(length) if length is not None and length.isdigit() else None
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def run(
     *args: str,
     token: str | None = None,
     input: bytes | None = None,
-    env: dict[str, str | None] | None = None,
+    env: Mapping[str, str | None] | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[bytes]:
     """``casd ARGS``; stdout and stderr as bytes."""
