@@ -162,6 +162,7 @@ def test_progress_bar_only_on_a_terminal(module_server: CasdServer, tmp_path: Pa
         os.close(controller)
     assert succeeds(shown) == digest_of(source.read_bytes())
     assert "12.0M/12.0M" in drawn and "B/s" in drawn, drawn
+    assert "downloading copy.img" in drawn, "the bar says what it shows"
 
 
 def read_all(fd: int) -> str:
