@@ -30,6 +30,7 @@ from casd.cli_common import (
     stdout_bytes,
 )
 from casd.cli_progress import Reporter
+from casd.client_config import DEFAULT_URL as DEFAULT_URL  # the server when none is configured
 
 if TYPE_CHECKING:
     from casd.client import Client, NameRecord, StoredBlob

@@ -54,6 +54,8 @@ _BY_STATUS = {
 
 
 def exit_code(error: CasdError) -> Exit:
+    if error.code.endswith("quota-exceeded"):
+        return Exit.OTHER  # a 409 or 413 that no retry of the compare-and-swap mends
     for kinds, code in _BY_ERROR:
         if isinstance(error, kinds):
             return code
