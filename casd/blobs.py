@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -221,7 +221,7 @@ class BlobService:
             row = await tx.fetchrow("use_healthy_blob", digest)
         return None if row is None else _info_from_row(row)
 
-    async def read_verified(self, info: BlobInfo) -> AsyncIterator[bytes]:
+    async def read_verified(self, info: BlobInfo) -> AsyncGenerator[bytes]:
         """The blob's bytes, hashed as they go; the last chunk is held back until the hash is
         known, so a corrupt blob never reaches a client complete. Raises :class:`CorruptBlob`
         (after quarantining it) instead of yielding that last chunk."""
@@ -229,22 +229,27 @@ class BlobService:
         held: bytes | None = None
         size = 0
         # Chunks are hashed in the thread that reads them, one chunk ahead of the sending.
-        async for chunk in read_ahead(self.store.read(info.digest, observe=hasher.update)):
-            size += len(chunk)
-            if size > info.size:
-                break  # grown since recorded: the chunk held back may already fill the body
-            if held is not None:
-                yield held
-            held = chunk
+        reader = read_ahead(self.store.read(info.digest, observe=hasher.update))
+        async with contextlib.aclosing(reader):  # also when the consumer stops early
+            async for chunk in reader:
+                size += len(chunk)
+                if size > info.size:
+                    break  # grown since recorded: the chunk held back may already fill the body
+                if held is not None:
+                    yield held
+                held = chunk
         if size != info.size or format_digest(hasher) != info.digest:
             await self.quarantine(info.digest, reason="content does not match digest on read")
             raise CorruptBlob(f"blob {info.digest} is corrupt on disk")
         if held is not None:
             yield held
 
-    async def read_range(self, info: BlobInfo, start: int, end: int) -> AsyncIterator[bytes]:
-        async for chunk in read_ahead(self.store.read(info.digest, start, end)):
-            yield chunk
+    async def read_range(self, info: BlobInfo, start: int, end: int) -> AsyncGenerator[bytes]:
+        async with contextlib.aclosing(
+            read_ahead(self.store.read(info.digest, start, end))
+        ) as reader:
+            async for chunk in reader:
+                yield chunk
 
     async def quarantine(self, digest: str, *, reason: str) -> bool:
         """Move corrupt bytes out of the blob path and mark the row; True if it was done.
@@ -313,7 +318,7 @@ async def gather_parts(
         yield parts, gathered
 
 
-async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncIterator[bytes]:
+async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes]:
     """Fetch up to ``depth`` chunks ahead of the consumer, so that reading (and hashing) the
     next chunk in a thread overlaps with sending this one."""
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
@@ -326,6 +331,10 @@ async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncItera
             await queue.put(error)
         else:
             await queue.put(None)
+        finally:
+            close = getattr(source, "aclose", None)  # cancelled while it waited on the queue
+            if close is not None:
+                await close()
 
     producer = asyncio.create_task(produce())
     try:

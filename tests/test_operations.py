@@ -135,6 +135,19 @@ async def test_workers_that_keep_failing_stop_the_server_with_status_1(
     assert not any(worker.is_running() for worker in workers.values())
 
 
+async def test_workers_die_with_a_killed_supervisor(casd_server_factory: ServerFactory) -> None:
+    """kill -9 of casd leaves no worker serving its port: a new casd can start on it."""
+    server = casd_server_factory("--workers", "2")
+    workers = wait_for_workers(server, 2)
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait()
+    _gone, alive = psutil.wait_procs(list(workers.values()), timeout=10)
+    assert not alive, "workers outlived their supervisor"
+    server.start()
+    assert len(wait_for_workers(server, 2)) == 2
+
+
 async def traffic(server: CasdServer, count: int) -> list[bytes]:
     """``count`` new blobs uploaded and read back over fresh connections, 8 at a time."""
     blobs = [os.urandom(10_000 + n) for n in range(count)]
@@ -292,6 +305,22 @@ async def aborted_put(server: CasdServer) -> None:
     writer.transport.abort()
 
 
+async def aborted_patch(server: CasdServer, session: aiohttp.ClientSession) -> None:
+    """A resumable upload's PATCH that announces 8 MiB and closes after 1 MiB."""
+    async with session.post(f"{server.url}/v1/uploads", headers=server.admin_headers) as response:
+        assert response.status == 201
+        location = response.headers["Location"]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: casd\r\nUpload-Offset: 0\r\n"
+        f"Authorization: Bearer {server.admin_token}\r\nContent-Length: {8 << 20}\r\n\r\n"
+    )
+    writer.write(head.encode() + os.urandom(1 << 20))
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+
+
 async def mixed_traffic(server: CasdServer, session: aiohttp.ClientSession) -> None:
     headers = server.admin_headers
     data = os.urandom(100_000)
@@ -331,11 +360,15 @@ async def test_every_log_line_is_json_and_client_aborts_are_499(
         await mixed_traffic(server, session)
         await aborted_get(server, digest_of(big))
         await aborted_put(server)
+        await aborted_patch(server, session)
         aborted = await wait_for_log(
             server, lambda entry: entry.get("status") == 499 and entry["method"] == "PUT"
         )
         aborted += await wait_for_log(
             server, lambda entry: entry.get("status") == 499 and entry["method"] == "GET"
+        )
+        aborted += await wait_for_log(
+            server, lambda entry: entry.get("status") == 499 and entry["method"] == "PATCH"
         )
         samples = await scrape(session, server)
     assert server.stop() == 0
@@ -343,8 +376,9 @@ async def test_every_log_line_is_json_and_client_aborts_are_499(
     assert len(entries) > 30
     for entry in entries:
         assert {"time", "level", "logger", "pid", "message"} <= entry.keys()
-    put, get = aborted
+    put, get, patch = aborted
     assert 1 << 20 <= put["bytes_received"] < 8 << 20
+    assert 1 << 20 <= patch["bytes_received"] < 8 << 20
     assert 256 * 1024 <= get["bytes_sent"] < len(big)
     access = [entry for entry in entries if entry["logger"] == "casd.access"]
     assert all(
@@ -352,7 +386,7 @@ async def test_every_log_line_is_json_and_client_aborts_are_499(
         for entry in access
     )
     assert not [entry for entry in entries if entry["level"] in ("ERROR", "CRITICAL")]
-    assert total(samples, "casd_http_requests_total", status="499") == 2
+    assert total(samples, "casd_http_requests_total", status="499") == 3
     assert total(samples, "casd_http_requests_total", status="500") == 0
     log = server.log()
     assert server.admin_token not in log and "casd_wrong" not in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -167,9 +168,10 @@ async def serve_blob(
         chunks = blobs.read_range(info, start, end)
     await response.prepare(request)
     try:
-        async for chunk in chunks:
-            await response.write(chunk)
-            metrics.BYTES_SENT.inc(len(chunk))
+        async with contextlib.aclosing(chunks):  # the file is closed also when the client left
+            async for chunk in chunks:
+                await response.write(chunk)
+                metrics.BYTES_SENT.inc(len(chunk))
     except ConnectionError:
         raise  # the client left: no server error (logged as 499 by casd.http.accesslog)
     except (CasdError, OSError) as error:
