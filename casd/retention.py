@@ -52,13 +52,14 @@ async def _apply(db: Database, names: NameService, policy: Policy, report: Reten
         "retention_candidates", policy.prefix, policy.delete_after, after, BATCH
     ):
         for row in rows:
-            if await _delete(names, row["name"], row["version"], policy):
+            if await delete_if_unchanged(names, row["name"], row["version"], policy):
                 report.deleted += 1
                 report.names.append(row["name"])
         after = rows[-1]["name"]
 
 
-async def _delete(names: NameService, name: str, version: int, policy: Policy) -> bool:
+async def delete_if_unchanged(names: NameService, name: str, version: int, policy: Policy) -> bool:
+    """Delete ``name`` for ``policy`` if it is still at ``version``; whether it was."""
     expected = Precondition.match(frozenset({version}))
     try:
         await names.delete(name, expected, policy.retention_actor)

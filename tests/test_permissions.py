@@ -14,6 +14,7 @@ The rules (docs/API.md, "Authentication, tokens and policies"):
 5. Minting a token for a prefix: admin tokens may; tokens with the mint right may when one of
    their write prefixes covers it; else 403 forbidden.
 6. Uploading a blob needs any write prefix.
+7. Setting a policy (here on a prefix under the target) needs an admin token: else 403 forbidden.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ OPERATIONS = (
     "delete",
     "mint",
     "upload",
+    "policy",
 )
 PROTECTED, IMMUTABLE = {"prod"}, {"release"}
 SOURCE = "investigate/job1/source"  # what promotions copy: readable by every valid kind
@@ -99,6 +101,8 @@ def expected(operation: str, kind: Kind, target: str) -> tuple[int, str]:
         return 403, "forbidden"
     if operation == "upload":  # rule 6
         return (201, "stored") if kind.write else (403, "forbidden")
+    if operation == "policy":  # rule 7
+        return (201, "ok") if "" in kind.write else (403, "forbidden")
     if not any(covers(prefix, name) for prefix in kind.write):  # rule 3
         return 403, "forbidden"
     immutable, protected = base in IMMUTABLE, base in PROTECTED
@@ -210,6 +214,7 @@ async def attempt(
         "delete": ("DELETE", f"/v1/names/{own}", {"headers": if_match(1)}),
         "mint": ("POST", "/v1/tokens", {"json": {"write_prefixes": [TARGETS[target]]}}),
         "upload": ("POST", "/v1/blobs", {"data": f"{kind} {target}".encode()}),
+        "policy": ("PUT", f"/v1/policies/{own}", {"json": {"keep_versions": 3}}),
     }
     method, path, kwargs = requests[operation]
     if method == "GET" and operation == "blob":
@@ -246,7 +251,7 @@ async def test_permission_matrix(
     outcomes = await asyncio.gather(*(check(*case) for case in cases))
     mismatches = [outcome for outcome in outcomes if outcome]
     assert not mismatches, "\n".join(mismatches)
-    assert len(cases) == 10 * 8 * 5
+    assert len(cases) == 11 * 8 * 5
     # The matrix is not trivially one answer: every kind of answer occurs.
     answers = {expected(op, KINDS[kind], target) for op, kind, target in cases}
     assert {

@@ -11,6 +11,9 @@ import aiohttp
 
 from casd.database import Database
 from casd.maintenance import RETENTION_LOCK, maintenance_lock, retention_if_free
+from casd.names import NameService
+from casd.policies import Policy
+from casd.retention import delete_if_unchanged as retention_delete
 from tests.conftest import CasdServer, ServerFactory
 from tests.helpers import blob_path, digest_of
 from tests.integrity_helpers import db_execute, run_json
@@ -136,6 +139,26 @@ async def test_gc_applies_retention_and_its_exceptions(
     # ci/a's blob and the one ci/e left: under ci/, gc keeps no earlier versions.
     assert {digest_of(blobs["a"]), digest_of(blobs["e"])} <= collected
     assert not collected & {digest_of(blobs[key]) for key in "bcdf"}
+
+
+async def test_retention_leaves_a_name_that_changed_since_it_was_found(
+    module_server: CasdServer, http: aiohttp.ClientSession
+) -> None:
+    """Retention deletes a name only at the version it found: a writer in between wins."""
+    server, admin = module_server, module_server.admin_token
+    data = os.urandom(300)
+    await upload(http, server, admin, data)
+    assert (await put(http, server, admin, "race/x", data))[0] == 201
+    assert (await put(http, server, admin, "race/x", data, if_match(1)))[0] == 200
+    db = await Database.connect(module_server.database_url or "", max_size=2)
+    try:
+        policy = Policy("race", delete_after=1)
+        assert await retention_delete(NameService(db), "race/x", 1, policy) is False
+        assert await name_exists(http, server, "race/x")
+        assert await retention_delete(NameService(db), "race/x", 2, policy) is True
+        assert not await name_exists(http, server, "race/x")
+    finally:
+        await db.close()
 
 
 async def test_one_process_applies_retention_at_a_time(module_server: CasdServer) -> None:

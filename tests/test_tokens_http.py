@@ -247,3 +247,13 @@ async def test_token_commands_over_http(
     # With --data-dir the same commands work on the data directory, as they always did.
     local = server.run_cli("token", "list", "--json")
     assert any(row["id"] == job["id"] and row["revoked_at"] for row in json.loads(local.stdout))
+    made = server.run_cli(
+        "token", "create", "--read", "cli-http", "--mint", "--expires-in", "1h", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    reader = json.loads(made.stdout)
+    assert (reader["write_prefixes"], reader["read_prefixes"]) == ([], ["cli-http"])
+    assert reader["rights"] == ["mint"] and reader["expires_at"] is not None
+    assert (await own_token(http, server, reader["token"]))["id"] == reader["id"]
+    nothing = server.run_cli("token", "create")
+    assert nothing.returncode != 0 and "--write" in nothing.stderr
