@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# A record this old is of no use: servers expire idle uploads after a day by default.
+KEEP_SECONDS = 7 * 86400
+
 
 def state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
@@ -82,6 +85,7 @@ class UploadJournal:
         return record if (record.server, record.file) == (server, file) else None
 
     def remember(self, server: str, file: FileIdentity, upload_url: str, digest: str) -> None:
+        self.prune()
         record = UploadRecord(server, upload_url, file, digest, time.time())
         target = self._path(server, file)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -99,6 +103,14 @@ class UploadJournal:
         for path in sorted(self.directory.glob("*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 yield path, UploadRecord.from_dict(json.loads(path.read_text()))
+
+    def prune(self, max_age: float = KEEP_SECONDS) -> None:
+        """Forget records older than ``max_age`` (their file changed since, or the server has
+        long expired the upload)."""
+        for path, record in self.records():
+            if record.started_at < time.time() - max_age:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def forget_url(self, upload_url: str) -> None:
         """Forget whatever record points at this upload (it was cancelled)."""

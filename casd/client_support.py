@@ -335,6 +335,7 @@ class Download:
             file.close()
             return None
         download = cls(file, restartable=True)
+        download.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)  # a big partial file
         file.seek(0)
         while chunk := file.read(16 * CHUNK):
             download.hasher.update(chunk)

@@ -144,3 +144,34 @@ async def test_408_and_429_are_retried_with_a_note(tmp_path: Path) -> None:
     assert ok(result) == digest_of(b"x")
     notes = result.stderr.decode().strip().splitlines()
     assert len(notes) == 2 and "try 1 of 6 failed" in notes[0], notes
+
+
+async def test_timeout_ends_a_silent_server(tmp_path: Path) -> None:
+    """A server that accepts and never answers: --timeout ends each try, and the command
+    gives up with the unavailable status instead of hanging."""
+    silent = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        await silent.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/v1/names/{name:.+}", never)
+    async with TestServer(app, host="127.0.0.1") as server:
+        started = asyncio.get_running_loop().time()
+        result = await run_async(
+            None,
+            "resolve",
+            "n",
+            "--url",
+            str(server.make_url("")),
+            "--timeout",
+            "0.5",
+            "--retries",
+            "1",
+        )
+        took = asyncio.get_running_loop().time() - started
+        silent.set()
+    failed(result, Exit.UNAVAILABLE, "unavailable")
+    assert "trying again" in result.stderr.decode(), "a timeout is retried"
+    assert took < 20, took

@@ -138,3 +138,30 @@ async def test_forbidden_put_with_a_name_sends_no_byte(
     message = failed(result, 5, "forbidden")
     assert "team-b/big.img" in message and "'team-a'" in message
     assert sent < 4096, f"{sent} bytes went out before the refusal"
+
+
+async def test_concurrent_gets_to_one_file_each_write_it_whole(
+    module_server: CasdServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Four jobs fetch the same blob to the same path at once: none shares another's partial
+    file, all succeed, and the file is the blob."""
+    data = os.urandom(4 * MiB)
+    digest = digest_of(data)
+    async with http.put(
+        f"{module_server.url}/v1/blobs/{digest}", data=data, headers=module_server.admin_headers
+    ) as response:
+        assert response.status in (200, 201)
+    target = tmp_path / "shared.img"
+    results = await asyncio.gather(
+        *(
+            run_async(module_server, "get", digest, "-o", str(target), "--limit-rate", "8M")
+            for _ in range(4)
+        )
+    )
+    assert [ok(result) for result in results] == [digest] * 4
+    assert target.read_bytes() == data
+    assert names_in(tmp_path) == ["shared.img"], "no partial file is left"
+
+
+def names_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
