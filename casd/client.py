@@ -9,8 +9,12 @@
 
 Small files go up in one ``PUT`` with ``Expect: 100-continue`` (nothing is sent when the blob
 is stored already); large ones through a resumable upload that survives dropped connections
-and server restarts, resuming from the offset the server reports. Downloads are hashed while
-they are written to a temporary file next to the target, which appears only once verified.
+and server restarts, resuming from the offset the server reports; with an
+:class:`~casd.client_state.UploadJournal`, a later process resumes it too. Downloads are hashed
+while they are written to a partial file next to the target (named after the digest, kept when
+the transfer breaks, resumed with ``Range`` by the next download), which becomes the target only
+once verified. Retries back off, are announced to ``on_retry``, and never repeat what cannot
+succeed (TLS failures, 4xx answers but 408 and 429).
 Every failure raises a :class:`casd.errors.CasdError` subclass carrying the problem's ``code``
 (``error.status`` is the HTTP status, ``error.extra`` the rest of the problem body, such as
 ``current`` for ``precondition-failed``).
