@@ -22,6 +22,7 @@ from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database, migrate
 from casd.embedded import EmbeddedPostgres
+from casd.errors import CasdError
 from casd.http.accesslog import AccessLogger
 from casd.http.app import create_app
 from casd.logs import configure_logging
@@ -75,6 +76,25 @@ def serve(settings: Settings) -> int:
     # No logging thread here: this process forks its workers, and a fork copies no thread.
     configure_logging(settings.log_level, settings.log_format, threaded=False)
     set_title(f"casd serve: supervisor {settings.listen} {settings.data_dir}")
+    try:
+        status = supervise(settings)
+    except CasdError as error:  # the database is unreachable, say
+        log.critical("casd cannot serve: %s: %s", error.code, error.detail)
+        status = 1
+    except Exception:
+        log.critical("casd cannot serve", exc_info=True)
+        status = 1
+    finally:
+        shutil.rmtree(settings.metrics_dir, ignore_errors=True)  # nobody reads them any more
+    if status:
+        log.error("casd stopped with status %d", status)
+    else:
+        log.info("casd stopped")
+    return status
+
+
+def supervise(settings: Settings) -> int:
+    """The database (embedded or not) and the bootstrap, then the workers until told to stop."""
     with database_url_for(settings) as database_url:
         asyncio.run(bootstrap(settings, database_url))
         supervisor = Supervisor(
@@ -87,13 +107,7 @@ def serve(settings: Settings) -> int:
             ),
             on_exit=worker_gone,
         )
-        status = supervisor.run()
-    shutil.rmtree(settings.metrics_dir, ignore_errors=True)  # nobody reads them any more
-    if status:
-        log.error("casd stopped with status %d", status)
-    else:
-        log.info("casd stopped")
-    return status
+        return supervisor.run()
 
 
 def worker_gone(pid: int) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -146,6 +148,25 @@ async def test_workers_die_with_a_killed_supervisor(casd_server_factory: ServerF
     assert not alive, "workers outlived their supervisor"
     server.start()
     assert len(wait_for_workers(server, 2)) == 2
+
+
+def test_a_server_that_cannot_start_says_why_in_json(
+    casd_server_factory: ServerFactory, postgres_url: str
+) -> None:
+    missing = f"{postgres_url.split('?')[0].rsplit('/', 1)[0]}/casd_no_such_database?"
+    server = casd_server_factory(database_url=missing + postgres_url.split("?", 1)[1], start=False)
+    result = subprocess.run(
+        [*server.command("serve"), "--listen", f"127.0.0.1:{server.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    [critical] = [entry for entry in entries if entry["level"] == "CRITICAL"]
+    assert "casd cannot serve" in critical["message"]
+    assert entries[-1]["message"] == "casd stopped with status 1"
 
 
 async def traffic(server: CasdServer, count: int) -> list[bytes]:
