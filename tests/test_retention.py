@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from typing import Any
 
 import aiohttp
@@ -108,6 +109,40 @@ async def test_a_scheduler_hands_a_job_a_token_and_retention_cleans_up_after_it(
         assert not blob_path(server.data_dir, digest_of(data)).exists()
         async with http.get(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
             assert response.status == 404
+
+
+async def test_retention_on_two_nodes_one_killed(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """Every node applies retention, one at a time: each name is deleted once, and a node
+    killed with SIGKILL (its lock goes with its connection) leaves the work to the other."""
+    env = {"CASD_RETENTION_INTERVAL": "0.3s"}
+    first = casd_server_factory(env=env)
+    second = casd_server_factory(env=env, database_url=first.database_url, data_dir=first.data_dir)
+    admin = first.admin_token
+    await set_policy(http, first, "nightly", delete_after=2)
+    data = os.urandom(100)
+    await upload(http, first, admin, data)
+    names = [f"nightly/{n}" for n in range(40)]
+    for name in names:
+        assert (await put(http, first, admin, name, data))[0] == 201
+    first.stop(signal.SIGKILL)
+    for name in names:
+        await wait_until_gone(http, second, name)
+    for name in names:
+        entries = await history(http, second, name)
+        assert [entry["action"] for entry in entries] == ["delete", "create"], name
+    # Both alive: still exactly one deletion each.
+    first.start()
+    more = [f"nightly/again/{n}" for n in range(40)]
+    for name in more:
+        assert (await put(http, first, admin, name, data))[0] == 201
+    for name in more:
+        await wait_until_gone(http, first, name)
+        assert [entry["action"] for entry in await history(http, first, name)] == [
+            "delete",
+            "create",
+        ]
 
 
 async def test_gc_applies_retention_and_its_exceptions(

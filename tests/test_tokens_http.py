@@ -67,6 +67,15 @@ async def test_minting_stays_within_the_minter(
         ({"write_prefixes": ["investigate/1"], "expires_in": -5}, "invalid-request"),
         ({"write_prefixes": ["investigate/1"], "quota_bytes": -1}, "invalid-request"),
         ({"write_prefixes": ["investigate/1"], "secret": "mine"}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "label": "\ud800"}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "label": "a\x00b"}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "label": "x" * 201}, "invalid-request"),
+        ({"write_prefixes": ["investigate/\ud800"]}, "invalid-name"),
+        ({"write_prefixes": ["investigate/1"] * 101}, "invalid-request"),
+        ({"read_prefixes": "investigate/1"}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "expires_in": 1e300}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "quota_bytes": 2**63}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "rights": "mint"}, "invalid-request"),
         ([1, 2], "invalid-request"),
     ]
     for body, code in invalid:

@@ -66,8 +66,12 @@ def parse_spec(body: Any) -> TokenSpec:
     if unknown:
         raise InvalidRequest(f"unknown members: {', '.join(sorted(unknown)[:5])}")
     label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > MAX_LABEL or "\x00" in label:
-        raise InvalidRequest(f"label must be text of at most {MAX_LABEL} characters")
+    if not isinstance(label, str) or len(label) > MAX_LABEL or not label.isprintable():
+        raise InvalidRequest(f"label must be printable text of at most {MAX_LABEL} characters")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequest("label must be valid Unicode (no lone surrogates)") from error
     rights = _strings(body.get("rights", []), "rights")
     if not set(rights) <= _RIGHTS:
         raise InvalidRequest(f"rights are {sorted(_RIGHTS)}, not {sorted(set(rights) - _RIGHTS)}")
