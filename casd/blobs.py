@@ -17,9 +17,9 @@ from typing import Any
 
 import blake3
 
-from casd import metrics
+from casd import crashpoints, metrics
 from casd.blobstore import BlobStore, StagedBlob
-from casd.database import Database
+from casd.database import Database, Queries
 from casd.digests import format_digest, lock_key, new_hasher
 from casd.errors import (
     BlobNotFound,
@@ -160,9 +160,21 @@ class BlobService:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pending)
 
-    async def publish(self, staged: StagedBlob, digest: str, charge: Charge | None = None) -> bool:
+    async def publish(
+        self,
+        staged: StagedBlob,
+        digest: str,
+        charge: Charge | None = None,
+        also: Callable[[Queries], Awaitable[None]] | None = None,
+    ) -> bool:
         """Move verified, durable bytes under their digest and record them; True if new. New
-        bytes are charged to ``charge``; bytes stored already cost nothing."""
+        bytes are charged to ``charge``; bytes stored already cost nothing. ``also(tx)``
+        records more in the same transaction (a resumable upload's completion).
+
+        Crash-atomic: the store keeps a record of the publication until the row is committed,
+        and :meth:`recover_publications` (at the start of ``casd serve`` and of every worker)
+        adopts a file that a crash left without its row.
+        """
         async with self.db.transaction() as tx:
             # The row first (under the shared lock, one round trip): it commits only once the
             # bytes are in place, so nobody sees it before, and a failed move rolls it back.
@@ -177,6 +189,11 @@ class BlobService:
                         " nothing was stored"
                     )
             await self.store.publish(staged, digest)
+            crashpoints.reached("publish-before-commit")
+            if also is not None:
+                await also(tx)
+        crashpoints.reached("publish-before-settle")
+        await asyncio.shield(self._settle(staged))
         if created and charge is not None and not charge.limited:
             # No quota to hold: counted after the commit, without holding the token's row.
             await self.db.execute("charge_token", charge.token_id, staged.size)
@@ -184,6 +201,47 @@ class BlobService:
         if created:
             metrics.BLOBS_CREATED.inc()
         return created
+
+    async def _settle(self, staged: StagedBlob) -> None:
+        try:
+            await self.store.settle(staged)
+        except Exception:  # recovery or the next start settles it
+            log.exception("cannot remove the record of a finished publication")
+
+    async def recover_publications(self) -> int:
+        """Adopt the files of publications that a crash interrupted before their row was
+        committed (their bytes were verified and durable); the number adopted."""
+        adopted = 0
+        for publication in await self.store.unfinished_publications():
+            done = False
+            try:
+                async with self.db.transaction() as tx:
+                    await tx.execute("lock_blob_exclusive", lock_key(publication.digest))
+                    if await self.store.is_published(publication) and await tx.fetchval(
+                        "adopt_blob", publication.digest, publication.size
+                    ):
+                        log.info("adopted %s, published before a crash", publication.digest)
+                        adopted += 1
+                done = True
+            finally:
+                await self.store.release_publication(publication, done)
+        return adopted
+
+    async def adopt_orphan(self, digest: str) -> BlobInfo | None:
+        """A file without a row under ``digest`` (a crash of its publisher), adopted when its
+        bytes hash to it; its info, or None if there is no such intact file."""
+        if not await self.store.exists(digest):
+            return None
+        found = await hash_stored(self.store, digest)
+        if found is None or found[0] != digest:
+            return None  # not intact: the scrub quarantines it, an upload replaces it
+        async with self.db.transaction() as tx:
+            await tx.execute("lock_blob_exclusive", lock_key(digest))
+            if await self.store.exists(digest) and await tx.fetchval(
+                "adopt_blob", digest, found[1]
+            ):
+                log.info("adopted %s, a verified file without a row", digest)
+        return await self.stored(digest)
 
     async def info(self, digest: str) -> BlobInfo | None:
         row = await self.db.fetchrow("get_blob", digest)

@@ -20,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -35,6 +36,24 @@ IOV_MAX = 1024  # buffers one writev takes at most (Linux)
 WRITEBACK_STEP = 8 * 1024 * 1024
 # How long reopening a resumable staging file waits for the previous writer to close it.
 RESUME_LOCK_WAIT = 10.0
+# The publication journal: before staged bytes appear under their digest they get a second name
+# in the staging directory, "<hex>.<unique>.publishing", removed once the blob's row is
+# committed (:meth:`LocalBlobStore.settle`). One left behind by a crash between the two names
+# the file without a row to adopt; its bytes were verified and fsynced before they were linked.
+PUBLISHING = ".publishing"
+# With less free space than this the store counts as full (readiness says so): no upload of
+# any size can be staged, fsynced and published reliably any more.
+FULL_BELOW = 1024 * 1024
+
+
+@dataclass
+class UnfinishedPublication:
+    """A publication that a crash interrupted, locked for whoever recovers it."""
+
+    digest: str
+    size: int
+    journal: Path
+    file: BinaryIO
 
 
 class StagedBlob(Protocol):
@@ -57,7 +76,24 @@ class BlobStore(Protocol):
         ...
 
     async def publish(self, staged: StagedBlob, digest: str) -> None:
-        """Make finished ``staged`` bytes visible as ``digest`` (the caller verified the hash)."""
+        """Make finished ``staged`` bytes visible as ``digest`` (the caller verified the hash),
+        keeping a record of the publication until :meth:`settle`."""
+        ...
+
+    async def settle(self, staged: StagedBlob) -> None:
+        """The publication is recorded in the database: drop its record and the staged name."""
+        ...
+
+    async def unfinished_publications(self) -> list[UnfinishedPublication]:
+        """Publications whose publisher died before :meth:`settle`, locked for the caller."""
+        ...
+
+    async def is_published(self, publication: UnfinishedPublication) -> bool:
+        """Whether the bytes of an unfinished publication are the ones under its digest."""
+        ...
+
+    async def release_publication(self, publication: UnfinishedPublication, done: bool) -> None:
+        """Unlock an unfinished publication; ``done``: it is resolved, forget it."""
         ...
 
     async def exists(self, digest: str) -> bool: ...
@@ -87,6 +123,10 @@ class BlobStore(Protocol):
 
     async def check(self) -> None:
         """Raise :class:`Unavailable` unless the store answers."""
+        ...
+
+    async def accepts_writes(self) -> bool:
+        """False when the store has no room left for new bytes (its disk is full)."""
         ...
 
     async def cleanup_stale_staging(self) -> int: ...
@@ -122,6 +162,7 @@ class LocalStagedBlob:
         self.path = path
         self.size = 0
         self.published = False
+        self.journal: Path | None = None  # the publication's record, until settled
         self._written_back = 0
         self._mode = mode
         self._opened: BinaryIO | None = None
@@ -259,14 +300,73 @@ class LocalBlobStore:
     def _publish_blocking(self, staged: LocalStagedBlob, target: Path) -> None:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            journal = self.staging_dir / f"{target.name}.{_unique()}{PUBLISHING}"
+            if staged.path.parent == self.staging_dir:
+                staged.path.rename(journal)  # a single request's staging file: it is done
+            else:
+                os.link(staged.path, journal)  # a resumable upload's: kept until settled
+            staged.journal = journal
             # Identical bytes may already be there (a concurrent upload of the same content);
             # replacing them with verified identical bytes is harmless and atomic.
-            staged.path.replace(target)
+            _link_or_replace(journal, target, self.staging_dir)
             staged.published = True
-            staged.close()  # here, in the I/O thread, rather than on the event loop later
             _fsync_directory(target.parent)
         except OSError as error:
             raise _storage_error(error) from error
+
+    async def settle(self, staged: StagedBlob) -> None:
+        assert isinstance(staged, LocalStagedBlob)
+        await asyncio.to_thread(self._settle_blocking, staged)
+
+    def _settle_blocking(self, staged: LocalStagedBlob) -> None:
+        # The staged name goes too: for a resumable upload, the upload is complete.
+        for path in (staged.journal, staged.path):
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        staged.journal = None
+        staged.close()  # its lock told everyone that the publication was in progress
+
+    async def unfinished_publications(self) -> list[UnfinishedPublication]:
+        return await asyncio.to_thread(self._unfinished_publications_blocking)
+
+    def _unfinished_publications_blocking(self) -> list[UnfinishedPublication]:
+        found = []
+        for journal in self.staging_dir.glob(f"*{PUBLISHING}"):
+            hexdigest = journal.name.partition(".")[0]
+            if len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+                continue
+            try:
+                file = journal.open("rb")
+            except FileNotFoundError:
+                continue
+            try:  # a live publisher holds the lock of its staged file
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.close()
+                continue
+            size = os.fstat(file.fileno()).st_size
+            found.append(UnfinishedPublication(f"blake3:{hexdigest}", size, journal, file))
+        return found
+
+    async def is_published(self, publication: UnfinishedPublication) -> bool:
+        def same_file() -> bool:
+            try:
+                target = self.path_of(publication.digest).stat()
+            except FileNotFoundError:
+                return False
+            return os.path.samestat(os.fstat(publication.file.fileno()), target)
+
+        return await asyncio.to_thread(same_file)
+
+    async def release_publication(self, publication: UnfinishedPublication, done: bool) -> None:
+        def release() -> None:
+            if done:
+                with contextlib.suppress(FileNotFoundError):
+                    publication.journal.unlink()
+            publication.file.close()
+
+        await asyncio.to_thread(release)
 
     async def exists(self, digest: str) -> bool:
         return await asyncio.to_thread(self.path_of(digest).is_file)
@@ -336,6 +436,12 @@ class LocalBlobStore:
         if not ok:
             raise Unavailable("blob store directory is not writable")
 
+    async def accepts_writes(self) -> bool:
+        space = await asyncio.to_thread(os.statvfs, self.staging_dir)
+        free_bytes = space.f_bavail * space.f_frsize
+        out_of_inodes = space.f_files > 0 and space.f_favail == 0
+        return free_bytes >= FULL_BELOW and not out_of_inodes
+
     async def cleanup_stale_staging(self) -> int:
         return await asyncio.to_thread(self._cleanup_stale_staging_blocking)
 
@@ -343,6 +449,8 @@ class LocalBlobStore:
         """Remove staging files that no live writer holds a lock on (left by a crash)."""
         removed = 0
         for path in self.staging_dir.iterdir():
+            if path.name.endswith(PUBLISHING):
+                continue  # the record of a publication: see unfinished_publications()
             try:
                 with path.open("rb") as file:
                     fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -438,8 +546,27 @@ _STAGING_PREFIX = secrets.token_hex(8)
 _staging_serial = itertools.count()
 
 
+def _unique() -> str:
+    return f"{_STAGING_PREFIX}-{os.getpid()}-{next(_staging_serial)}"
+
+
 def _staging_name() -> str:
-    return f"{_STAGING_PREFIX}-{os.getpid()}-{next(_staging_serial)}.part"
+    return f"{_unique()}.part"
+
+
+def _link_or_replace(source: Path, target: Path, scratch: Path) -> None:
+    """Give ``source``'s file the name ``target`` too, atomically replacing what is there."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        temporary = scratch / f"{_unique()}.link"
+        os.link(source, temporary)
+        try:
+            temporary.replace(target)
+        finally:
+            # Left if the rename did nothing: POSIX renames nothing when both names are links
+            # to the same file already (a second publication of the same staged bytes).
+            temporary.unlink(missing_ok=True)
 
 
 def _read_chunk(file: BinaryIO, size: int, observe: Callable[[bytes], object] | None) -> bytes:

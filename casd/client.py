@@ -387,15 +387,15 @@ class Client:
         }
         if digest is not None:
             headers["Casd-Digest"] = digest
-        _, body, _ = await self.request_json(
+        status, body, _ = await self.request_json(
             "PATCH",
             URL(upload_url, encoded=True),
             data=file_chunks(source, offset, size, progress, Throttle(self.limit_rate)),
             headers=headers,
             expect100=True,
-            ok=(201,),
+            ok=(200, 201),  # 200: the upload was complete already (an answer lost before)
         )
-        return StoredBlob(body["digest"], body["size"], created=True)
+        return StoredBlob(body["digest"], body["size"], created=status == 201)
 
     async def cancel_upload(self, upload: str) -> None:
         """Cancel an upload, given by its URL or its id; a journal forgets it."""

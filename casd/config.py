@@ -156,6 +156,9 @@ class Settings:
     gc_grace: float = 24 * 3600
     verify_reads: bool = True
     db_pool_size: int = 20
+    body_timeout: float = 60.0  # a request body that sends nothing for this long ends (408)
+    max_uploads_per_token: int = 64  # uploads in progress per token in one worker process
+    db_timeout: float = 10.0  # a wait for PostgreSQL longer than this: 503 unavailable
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -292,6 +295,27 @@ SETTINGS: tuple[Setting, ...] = (
         _count(1),
         "PostgreSQL connections per worker [20].",
         "N",
+    ),
+    Setting(
+        "body_timeout",
+        "CASD_BODY_TIMEOUT",
+        parse_duration,
+        "A request body that sends nothing for this long ends with 408 [60s].",
+        "DURATION",
+    ),
+    Setting(
+        "max_uploads_per_token",
+        "CASD_MAX_UPLOADS_PER_TOKEN",
+        _count(1),
+        "Uploads one token may have in progress in each worker process; more get 429 [64].",
+        "N",
+    ),
+    Setting(
+        "db_timeout",
+        "CASD_DB_TIMEOUT",
+        parse_duration,
+        "A wait for PostgreSQL (a connection, a statement) longer than this answers 503 [10s].",
+        "DURATION",
     ),
     Setting(
         "log_level",

@@ -70,7 +70,17 @@ class Queries:
 
     async def _call(self, method: Callable[..., Awaitable[T]], *args: Any) -> T:
         with _translated_errors():
-            return await method(*args)
+            try:
+                return await method(*args)
+            except TimeoutError:
+                self._abandon()
+                raise Unavailable("the database did not answer in time") from None
+
+    def _abandon(self) -> None:
+        """Drop a connection whose statement timed out: the database may hang, and asyncpg
+        would wait on it again to cancel the statement, roll back and reset the connection."""
+        if isinstance(self._executor, asyncpg.Connection | PoolConnectionProxy):
+            self._executor.terminate()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return await self._call(self._executor.fetch, sqlfiles.queries()[query], *args)
@@ -88,27 +98,32 @@ class Queries:
 class Database(Queries):
     """The connection pool of one casd process."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str | None = None, timeout: float = 60) -> None:
         super().__init__(pool)
         self.pool = pool
         self.url = url
+        self.timeout = timeout
 
     @classmethod
-    async def connect(cls, url: str, *, max_size: int = 20) -> Database:
+    async def connect(cls, url: str, *, max_size: int = 20, wait_limit: float = 60) -> Database:
+        """A pool whose every wait for the database (a connection, a statement) ends after
+        ``wait_limit`` seconds with :class:`Unavailable`, so that a database that stops answering
+        costs a request at most that long."""
         with _translated_errors():
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
                 max_size=max_size,
                 init=_init_connection,
-                command_timeout=60,
+                timeout=wait_limit,
+                command_timeout=wait_limit,
                 connection_class=_Connection,
             )
-        return cls(pool, url)
+        return cls(pool, url, wait_limit)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Queries]:
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire(timeout=self.timeout) as connection:
             yield Queries(connection)
             cast(_Connection, connection).mark_named_only()
 
@@ -138,7 +153,7 @@ class Database(Queries):
     async def connect_dedicated(self) -> asyncpg.Connection:
         """A connection outside the pool, for LISTEN and session locks held for long."""
         with _translated_errors():
-            connection = await asyncpg.connect(self.url)
+            connection = await asyncpg.connect(self.url, timeout=self.timeout)
         await _init_connection(connection)
         return connection
 
@@ -146,7 +161,7 @@ class Database(Queries):
     async def transaction(self) -> AsyncIterator[Queries]:
         """Run named queries in one transaction on one connection."""
         with _translated_errors():
-            async with self.pool.acquire() as connection:
+            async with self.pool.acquire(timeout=self.timeout) as connection:
                 async with connection.transaction():
                     yield Queries(connection)
                 cast(_Connection, connection).mark_named_only()

@@ -60,6 +60,7 @@ class EmbeddedPostgres:
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             if not self._is_running():
+                self._clear_stale_pid_file()
                 self._pg_ctl_start()
             self._users_lock = (self.pgdata.parent / "postgres.users").open("a+b")
             fcntl.flock(self._users_lock, fcntl.LOCK_SH)
@@ -123,9 +124,48 @@ class EmbeddedPostgres:
             ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
         )
 
+    def _recorded_pid(self) -> int | None:
+        """The PID in ``postmaster.pid``, None without one."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return None
+        return int(first) if first.strip().isdigit() else None
+
     def _is_running(self) -> bool:
-        info = pg_utils.PostmasterInfo.read_from_pgdata(self.pgdata)
-        return info is not None and info.is_running()
+        """Whether the PID in ``postmaster.pid`` is this data directory's postmaster.
+
+        A live PID is not enough: after a crash it may belong to any other process by now.
+        Every PostgreSQL process works in its data directory, so the postmaster is the process
+        of that PID whose working directory is this one."""
+        pid = self._recorded_pid()
+        return pid is not None and pid in self._processes_in_data_dir()
+
+    def _processes_in_data_dir(self) -> set[int]:
+        """The PIDs of every process working in the data directory (postmaster, backends)."""
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "cwd").samefile(self.pgdata):
+                        found.add(int(entry.name))
+                except OSError:  # gone meanwhile, or another user's (so not PostgreSQL's)
+                    continue
+        return found
+
+    def _clear_stale_pid_file(self) -> None:
+        """Remove a ``postmaster.pid`` left by a crash. PostgreSQL would refuse to start while
+        its PID lives, whoever has it now; it is removed only when no process at all works in
+        the data directory (no postmaster, no orphaned backend on the old shared memory)."""
+        pid = self._recorded_pid()
+        if pid is None or self._processes_in_data_dir():
+            return
+        log.warning(
+            "removing the stale postmaster.pid of embedded PostgreSQL (PID %d is not its"
+            " postmaster any more)",
+            pid,
+        )
+        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     def _pg_ctl_start(self) -> None:
         socket_dir = self._socket_dir()
@@ -150,6 +190,10 @@ class EmbeddedPostgres:
         )
 
     def _pg_ctl_stop(self) -> None:
+        if not self._is_running():
+            # pg_ctl would signal whatever process has the recorded PID now.
+            log.warning("embedded PostgreSQL is not running (any more); nothing to stop")
+            return
         log.info("stopping embedded PostgreSQL")
         self._run("pg_ctl", ["-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"])
 

@@ -187,5 +187,38 @@ class Unavailable(CasdError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+class RequestTimeout(CasdError):
+    """The request body stalled: no byte arrived for too long."""
+
+    status, code, title = 408, "request-timeout", "Request Timeout"
+
+
+class UnsupportedEncoding(CasdError):
+    """Bodies are stored as sent: only 'Content-Encoding: identity' is accepted."""
+
+    status, code, title = 415, "unsupported-content-encoding", "Unsupported Media Type"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        # RFC 9110 section 15.5.16: a 415 for a content coding says which codings are accepted.
+        self.headers.setdefault("Accept-Encoding", "identity")
+
+
+class TooManyUploads(CasdError):
+    """This token has as many uploads in progress as this server allows; retry later."""
+
+    status, code, title = 429, "too-many-uploads", "Too Many Requests"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", "1")
+
+
 class IncompleteBody(InvalidRequest):
     """The request body ended before its announced length."""
+
+
+class BodyStalled(TimeoutError):
+    """No byte of the request body arrived for too long (set on the body's stream, so that
+    whatever reads it next ends). A TimeoutError, as aiohttp expects of an ended body: it then
+    drops the rest quietly after the answer and closes the connection."""

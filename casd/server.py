@@ -18,6 +18,7 @@ from prometheus_client import multiprocess
 
 from casd import metrics
 from casd.auth import TokenStore
+from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database, migrate
@@ -27,6 +28,7 @@ from casd.http.accesslog import AccessLogger
 from casd.http.app import create_app
 from casd.logs import configure_logging
 from casd.supervisor import Supervisor, set_title
+from casd.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,11 @@ async def bootstrap(settings: Settings, database_url: str) -> None:
     if applied:
         log.info("applied migrations %s", applied)
     store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
-    await store.cleanup_stale_staging()
     db = await Database.connect(database_url, max_size=2)
     try:
+        blobs = BlobService(db, store, settings.max_blob_size)
+        await UploadService(db, store, blobs, settings.upload_ttl).recover_after_crash()
+        await store.cleanup_stale_staging()  # before any worker: no staging file is in use
         secret = await TokenStore(db).create_admin_if_first()
     finally:
         await db.close()

@@ -47,6 +47,15 @@ class StopReason(enum.Enum):
     LOST = "the server lost its database connection"
 
 
+class UploadCompleted(Exception):
+    """A request arrived for an upload that is complete: its blob is stored."""
+
+    def __init__(self, digest: str, size: int) -> None:
+        super().__init__(f"the upload is complete: {digest}")
+        self.digest = digest
+        self.size = size
+
+
 @dataclass(frozen=True)
 class UploadRow:
     """The shared state of an upload as one request sees it."""
@@ -58,6 +67,11 @@ class UploadRow:
     @classmethod
     def of(cls, row: Any) -> UploadRow:
         return cls(row["upload_offset"], row["upload_length"], row["expected_digest"])
+
+
+def _check_not_completed(row: Any) -> None:
+    if row["completed_digest"] is not None:
+        raise UploadCompleted(row["completed_digest"], row["upload_offset"])
 
 
 class Lease:
@@ -176,6 +190,18 @@ class UploadLeases:
             self._unregister(lease)
         return row is not None
 
+    async def complete(self, tx: Queries, lease: Lease, digest: str, size: int) -> bool:
+        """Record in ``tx`` (the one that records the blob) that the upload is complete; the
+        lease ends with it. False if the lease was lost (the upload removed meanwhile)."""
+        return (
+            await tx.fetchrow("complete_upload", lease.upload_id, lease.epoch, digest, size)
+            is not None
+        )
+
+    def finished(self, lease: Lease) -> None:
+        """Forget a lease whose upload was completed."""
+        self._unregister(lease)
+
     async def remove(self, lease: Lease) -> bool:
         """Delete the upload's row (finished or discarded); False if the lease was lost."""
         try:
@@ -200,6 +226,7 @@ class UploadLeases:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TAKEOVER_TIMEOUT
         while True:
+            _check_not_completed(row)
             if claim:
                 _check_still_newest(lease, row)
             lease.row = UploadRow.of(row)

@@ -25,9 +25,10 @@ import blake3
 from casd.auth import Token
 from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService, Charge
 from casd.blobstore import BlobStore, StagedBlob
-from casd.database import Database
+from casd.database import Database, Queries
 from casd.digests import format_digest, new_hasher
 from casd.errors import (
+    BodyStalled,
     CasdError,
     DigestMismatch,
     IncompleteBody,
@@ -35,10 +36,11 @@ from casd.errors import (
     MismatchingUploadOffset,
     PayloadTooLarge,
     QuotaExceeded,
+    RequestTimeout,
     Unavailable,
     UploadNotFound,
 )
-from casd.upload_leases import Lease, StopReason, UploadLeases, UploadRow
+from casd.upload_leases import Lease, StopReason, UploadCompleted, UploadLeases, UploadRow
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class UploadStatus:
     id: str
     offset: int
     length: int | None
+    completed: Blob | None = None  # the blob of a completed upload
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,10 @@ class UploadService:
 
     async def status(self, upload_id: str, token: Token) -> UploadStatus:
         """The durable offset, once a request still writing to the upload has ended."""
-        row = await self.leases.observe(upload_id, token.id)
+        try:
+            row = await self.leases.observe(upload_id, token.id)
+        except UploadCompleted as done:
+            return UploadStatus(upload_id, done.size, done.size, Blob(done.digest, done.size))
         return UploadStatus(upload_id, row.offset, row.length)
 
     async def listing(self, token: Token, limit: int = MAX_LISTED) -> list[UploadSummary]:
@@ -176,8 +182,16 @@ class UploadService:
     async def append(
         self, upload_id: str, token: Token, request: Append, body: RequestBody
     ) -> UploadStatus | Blob:
-        """Append the body at ``request.offset``; publish the blob if the upload is complete."""
-        lease = await self.leases.acquire(upload_id, token.id)
+        """Append the body at ``request.offset``; publish the blob if the upload is complete.
+        An upload completed earlier changes no more: its status (with the blob) is returned."""
+        try:
+            lease = await self.leases.acquire(upload_id, token.id)
+        except UploadCompleted as done:
+            if request.digest is not None and request.digest != done.digest:
+                raise DigestMismatch(
+                    f"the upload is complete as {done.digest}, not {request.digest}"
+                ) from None
+            return UploadStatus(upload_id, done.size, done.size, Blob(done.digest, done.size))
         try:
             length = self._validate(lease.row, request, body.size)
             if length != lease.row.length and length is not None:
@@ -192,7 +206,11 @@ class UploadService:
         return await self._run(lease, request, body, fresh=False)
 
     async def delete(self, upload_id: str, token: Token) -> None:
-        lease = await self.leases.acquire(upload_id, token.id)
+        try:
+            lease = await self.leases.acquire(upload_id, token.id)
+        except UploadCompleted:
+            await self.db.execute("delete_completed_upload", upload_id, token.id)
+            return
         await self._discard(lease)
 
     def _validate(self, row: UploadRow, request: Append, size: int | None) -> int | None:
@@ -240,6 +258,25 @@ class UploadService:
             raise
 
     async def _receive(
+        self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
+    ) -> UploadStatus | Blob:
+        try:
+            return await self._receive_leased(lease, request, body, fresh=fresh)
+        except BaseException:
+            if fresh:  # the client never learnt where the upload is: nobody can resume it
+                await self._forget(lease.upload_id)
+            raise
+
+    async def _forget(self, upload_id: str) -> None:
+        """Remove an upload whose creating request failed (its id was never sent)."""
+        self._hashers.pop(upload_id, None)
+        try:
+            await self.db.execute("forget_upload", upload_id)
+            await self.store.delete_resumable(upload_id)
+        except CasdError as error:
+            log.warning("upload %s: cannot remove it (%s); it expires", upload_id, error.detail)
+
+    async def _receive_leased(
         self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
     ) -> UploadStatus | Blob:
         lease.on_stop(lambda reason: body.interrupt(WriterStopped(reason)))
@@ -355,6 +392,8 @@ class UploadService:
             )
         if reason is not None:
             return Unavailable(f"{reason.value}; resume at byte {offset}", headers=headers)
+        if isinstance(error, BodyStalled):
+            return RequestTimeout(f"{error}; {offset} bytes are staged", headers=headers)
         if isinstance(error, BodyBrokeOff):
             # The client is gone or its body is malformed: answer anyway, nobody may listen.
             return IncompleteBody(f"{error}; {offset} bytes are staged", headers=headers)
@@ -379,8 +418,16 @@ class UploadService:
         if expected is not None and digest != expected:
             await self._discard(lease)
             raise DigestMismatch(f"the upload hashes to {digest}, not {expected}; it was discarded")
+        # Every byte is recorded first: whatever a crash interrupts below, the upload can be
+        # resumed from its end (and finished with an empty PATCH).
+        await self.leases.checkpoint(lease, size)
+        sink.recorded = size
+
+        async def record_completion(tx: Queries) -> None:
+            await self.leases.complete(tx, lease, digest, size)
+
         try:
-            await self.blobs.publish(sink.staged, digest, request.charge)
+            await self.blobs.publish(sink.staged, digest, request.charge, also=record_completion)
         except QuotaExceeded:
             await self._discard(lease)
             raise
@@ -388,7 +435,7 @@ class UploadService:
             await self._release(lease, size, sink)
             raise
         self._hashers.pop(lease.upload_id, None)
-        await self.leases.remove(lease)
+        self.leases.finished(lease)
         log.info("upload %s complete: %s (%d bytes)", lease.upload_id, digest, size)
         return Blob(digest, size)
 
@@ -413,10 +460,20 @@ class UploadService:
             await asyncio.sleep(interval)
             try:
                 await self.expire()
+                await self.blobs.recover_publications()
             except CasdError as error:
                 log.warning("upload sweep failed: %s", error.detail)
             except Exception:
                 log.exception("upload sweep failed")
+
+    async def recover_after_crash(self) -> None:
+        """Finish what a crash of a casd process interrupted (at the start of ``casd serve``
+        and of every worker): blob files published without their row are adopted, and the
+        staged bytes of uploads that completed (or are gone) removed."""
+        adopted = await self.blobs.recover_publications()
+        if adopted:
+            log.info("adopted %d blobs whose publication a crash interrupted", adopted)
+        await self.expire()
 
     async def expire(self) -> int:
         """Remove uploads idle for longer than the TTL, and staged bytes without an upload."""
@@ -454,7 +511,7 @@ async def _received(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             chunk = await anext(iterator)
         except StopAsyncIteration:
             return
-        except WriterStopped:
+        except (WriterStopped, BodyStalled):
             raise
         except Exception as error:
             raise BodyBrokeOff(f"the body broke off ({type(error).__name__})") from error

@@ -247,3 +247,44 @@ async def test_access_log_is_one_json_object_per_line(
     assert len(lines) == 1, "the request is logged once"
     entry = json.loads(lines[0])
     assert entry["method"] == "GET" and entry["status"] == 404 and entry["path"] == path
+
+
+def unrelated_process() -> subprocess.Popen[bytes]:
+    """A process of PostgreSQL's OS user that has nothing to do with PostgreSQL."""
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    return subprocess.Popen(["sleep", "600"], user=user)
+
+
+def point_pid_file_at(server: CasdServer, pid: int, template: str) -> None:
+    """A postmaster.pid as a crash leaves it, whose PID now belongs to another process."""
+    path = server.data_dir / "postgres" / "postmaster.pid"
+    lines = template.split("\n")
+    path.write_text("\n".join([str(pid), *lines[1:]]))
+
+
+async def test_stale_postmaster_pid_of_an_unrelated_process(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = casd_server_factory(embedded=True)
+    pid_file = server.data_dir / "postgres" / "postmaster.pid"
+    template = pid_file.read_text()
+    bystander = unrelated_process()
+    try:
+        # PostgreSQL crashed under a running casd, and its PID went to another process: the
+        # cleanup of casd must not signal that process.
+        postmaster = psutil.Process(int(template.split()[0]))
+        postmaster.kill()
+        postmaster.wait(10)
+        point_pid_file_at(server, bystander.pid, template)
+        server.stop()
+        assert bystander.poll() is None, "the unrelated process was signalled"
+        # casd starts the embedded PostgreSQL although the PID in the file is alive.
+        point_pid_file_at(server, bystander.pid, template)
+        server.start()
+        assert (await put_blob(http, server.url, server.admin_token, b"after the crash"))[0] == 201
+        assert server.stop() == 0
+        assert bystander.poll() is None, "the unrelated process was signalled"
+        assert postgres_processes(server.data_dir) == []
+    finally:
+        bystander.kill()
+        bystander.wait()

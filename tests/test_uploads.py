@@ -104,7 +104,11 @@ async def test_upload_in_pieces(module_server: CasdServer, http: aiohttp.ClientS
     assert answer.status == 201
     assert answer.headers["Location"] == f"/v1/blobs/{digest}"
     assert answer.body == {"digest": digest, "size": len(data)}
-    assert (await head(http, url, token)).status == 404, "a finished upload is gone"
+    finished = await head(http, url, token)
+    assert finished.status == 204, "a finished upload says so, and where its blob is"
+    assert finished.headers["Upload-Complete"] == "?1"
+    assert finished.headers["Upload-Offset"] == str(len(data))
+    assert finished.headers["Location"] == f"/v1/blobs/{digest}"
     assert not staged_file(module_server, url).exists()
     assert blob_path(module_server.data_dir, digest).read_bytes() == data
     async with http.get(f"{module_server.url}/v1/blobs/{digest}") as response:

@@ -101,10 +101,13 @@ def staged_file(server: CasdServer, url: str) -> Path:
     return server.data_dir / "uploads" / upload_id(url)
 
 
-async def upload_rows(server: CasdServer) -> dict[str, dict[str, Any]]:
+async def upload_rows(server: CasdServer, *, completed: bool = False) -> dict[str, dict[str, Any]]:
+    """The uploads in progress (with ``completed``, the completed ones too) by id."""
     connection = await server.connect_db()
     try:
-        rows = await connection.fetch("SELECT * FROM uploads")
+        rows = await connection.fetch(
+            "SELECT * FROM uploads WHERE $1 OR completed_digest IS NULL", completed
+        )
     finally:
         await connection.close()
     return {row["id"]: dict(row) for row in rows}

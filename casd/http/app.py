@@ -14,8 +14,9 @@ from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
 from casd.http import accesslog, blobs, names, ops, policies, tokens, uploads
+from casd.http.bodies import UploadSlots
 from casd.http.context import SERVICES, Services
-from casd.http.problems import problem_middleware
+from casd.http.problems import install_parser_problems, problem_middleware, problem_on_prepare
 from casd.maintenance import periodic_retention, periodic_scrub
 
 # Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
@@ -23,14 +24,22 @@ IO_THREADS = 64
 
 
 def create_app(settings: Settings, database_url: str) -> web.Application:
+    install_parser_problems()
     app = web.Application(
-        middlewares=[accesslog.observe_middleware, problem_middleware], client_max_size=1024**2
+        middlewares=[accesslog.observe_middleware, problem_middleware],
+        client_max_size=1024**2,
+        # Bodies are stored as sent: never inflated (a Content-Encoding other than identity
+        # is refused with 415 before the body is read).
+        handler_args={"auto_decompress": False},
     )
+    app.on_response_prepare.append(problem_on_prepare)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(IO_THREADS, "casd-io"))
-        db = await Database.connect(database_url, max_size=settings.db_pool_size)
+        db = await Database.connect(
+            database_url, max_size=settings.db_pool_size, wait_limit=settings.db_timeout
+        )
         store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
         app[SERVICES] = Services(
             settings=settings,
@@ -38,6 +47,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             store=store,
             blobs=BlobService(db, store, settings.max_blob_size),
             tokens=TokenStore(db),
+            upload_slots=UploadSlots(settings.max_uploads_per_token),
         )
         await app[SERVICES].tokens.watch_revocations(database_url)
         yield

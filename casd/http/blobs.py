@@ -13,6 +13,7 @@ from casd.auth import require_upload
 from casd.blobs import Blob, BlobInfo, Charge
 from casd.digests import parse_digest
 from casd.errors import CasdError, ExpectationFailed, InvalidRequest
+from casd.http.bodies import watched_chunks
 from casd.http.context import request_token, require_blob_reader, services
 from casd.http.ranges import parse_range
 
@@ -52,15 +53,10 @@ def content_length(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body in the pieces that arrived, never joined (so never copied) here.
-
-    ``iter_any()``, not ``iter_chunks()``: the latter never ends on aiohttp's shared empty
-    payload and spins the worker forever on a second empty body (aio-libs/aiohttp#7616).
-    """
-    async for chunk in request.content.iter_any():
-        if chunk:
-            yield chunk
+def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in the pieces that arrived; it ends with ``BodyStalled`` (408) when
+    no byte arrives for ``CASD_BODY_TIMEOUT``."""
+    return watched_chunks(request.content, services(request).settings.body_timeout)
 
 
 def stored_response(blob: Blob, created: bool) -> web.Response:
@@ -81,11 +77,17 @@ async def upload_charge(request: web.Request) -> Charge:
 async def put_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     charge = await upload_charge(request)
+    with services(request).upload_slots.hold(charge.token_id):
+        return await _put_blob(request, digest, charge)
+
+
+async def _put_blob(request: web.Request, digest: str, charge: Charge) -> web.StreamResponse:
     blobs = services(request).blobs
     size = content_length(request)
     blobs.check_announced_size(size)
     if request.headers.get("Expect"):
-        info = await blobs.stored(digest)
+        # A file without a row (its publisher crashed) is adopted if it hashes to its name.
+        info = await blobs.stored(digest) or await blobs.adopt_orphan(digest)
         if info is not None:
             # The client has not sent the body yet and need not: it is stored already.
             return stored_response(Blob(digest, info.size), created=False)
@@ -104,8 +106,9 @@ async def post_blob(request: web.Request) -> web.StreamResponse:
     size = content_length(request)
     blobs.check_announced_size(size)
     charge.check(size)
-    await send_continue(request)
-    blob, created = await blobs.ingest(body_chunks(request), None, size, charge)
+    with services(request).upload_slots.hold(charge.token_id):
+        await send_continue(request)
+        blob, created = await blobs.ingest(body_chunks(request), None, size, charge)
     return stored_response(blob, created)
 
 

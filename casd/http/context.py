@@ -12,6 +12,7 @@ from casd.blobstore import BlobStore
 from casd.config import Settings
 from casd.database import Database
 from casd.errors import Forbidden, Unauthorized
+from casd.http.bodies import UploadSlots
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Services:
     store: BlobStore
     blobs: BlobService
     tokens: TokenStore
+    upload_slots: UploadSlots
 
 
 SERVICES = web.AppKey("services", Services)

@@ -18,7 +18,7 @@ from casd.errors import (
     PayloadTooLarge,
     PreconditionRequired,
 )
-from casd.http.blobs import serve_blob
+from casd.http.blobs import body_chunks, serve_blob
 from casd.http.context import read_scope, request_token, require_reader, services
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
 
@@ -33,12 +33,13 @@ _PROMOTE_MEMBERS = {"source", "source_version", "metadata"}
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/names", list_names)
+    # Any character, newlines too: a name that breaks the rules is 400 invalid-name, not 404.
     # Before the name's own route, which would take '.../content' for part of the name.
-    app.router.add_get("/v1/names/{name:.+}/content", get_name_content)
-    app.router.add_get("/v1/names/{name:.+}", get_name)
-    app.router.add_put("/v1/names/{name:.+}", put_name)
-    app.router.add_delete("/v1/names/{name:.+}", delete_name)
-    app.router.add_get("/v1/history/{name:.+}", get_history)
+    app.router.add_get(r"/v1/names/{name:[\s\S]+}/content", get_name_content)
+    app.router.add_get(r"/v1/names/{name:[\s\S]+}", get_name)
+    app.router.add_put(r"/v1/names/{name:[\s\S]+}", put_name)
+    app.router.add_delete(r"/v1/names/{name:[\s\S]+}", delete_name)
+    app.router.add_get(r"/v1/history/{name:[\s\S]+}", get_history)
 
 
 def names_of(request: web.Request) -> NameService:
@@ -210,7 +211,7 @@ async def read_json(request: web.Request) -> Any:
     if (request.content_length or 0) > MAX_BODY:
         raise PayloadTooLarge(f"a name's body is at most {MAX_BODY} bytes")
     body = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in body_chunks(request):
         body += chunk
         if len(body) > MAX_BODY:
             raise PayloadTooLarge(f"a name's body is at most {MAX_BODY} bytes")

@@ -20,14 +20,29 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+STORE_FULL = "full: uploads are refused (507), reads still work"
+
+
 async def readyz(request: web.Request) -> web.Response:
+    """200 when the database answers and the blob store accepts writes; else 503 with what
+    is wrong in ``checks`` (``state`` "degraded" when only the store's disk is full)."""
     context = services(request)
+    checks = {"database": "ok", "blob_store": "ok"}
     try:
         await context.db.ping()
     except Unavailable as error:
-        raise Unavailable(f"database: {error.detail}") from error
-    await context.store.check()
-    return web.json_response({"status": "ready"})
+        checks["database"] = error.detail
+    try:
+        await context.store.check()
+        if not await context.store.accepts_writes():
+            checks["blob_store"] = STORE_FULL
+    except Unavailable as error:
+        checks["blob_store"] = error.detail
+    if set(checks.values()) == {"ok"}:
+        return web.json_response({"status": "ready", "checks": checks})
+    degraded = checks == {"database": "ok", "blob_store": STORE_FULL}
+    problems = "; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok")
+    raise Unavailable(problems, state="degraded" if degraded else "unavailable", checks=checks)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

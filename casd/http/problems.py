@@ -1,4 +1,10 @@
-"""The one place where errors become ``application/problem+json`` responses (RFC 9457)."""
+"""The one place where errors become ``application/problem+json`` responses (RFC 9457).
+
+Most errors pass through :func:`problem_middleware`. Two kinds of answer never reach it and are
+converted here too: those of aiohttp's HTTP parser (a malformed request line or header, a bad
+Content-Length), which its request handler writes itself through ``handle_error``, and those of
+a route's ``Expect`` handler, which runs before the middlewares.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,18 @@ import json
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from casd.errors import (
+    BodyStalled,
     CasdError,
+    ExpectationFailed,
     InvalidRequest,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     RouteNotFound,
+    UnsupportedEncoding,
 )
 
 log = logging.getLogger(__name__)
@@ -43,24 +53,49 @@ def problem_response(error: CasdError, headers: dict[str, str] | None = None) ->
 
 
 def _from_http_exception(exc: web.HTTPException) -> CasdError:
-    if exc.status == 404:
+    return _from_status(exc.status, exc.reason, exc.text or exc.reason)
+
+
+def _from_status(status: int, reason: str, detail: str) -> CasdError:
+    """The problem for an answer aiohttp made itself, by its status."""
+    if status == 404:
         return RouteNotFound("no resource at this path")
-    if exc.status == 405:
+    if status == 405:
         return MethodNotAllowed()
-    if exc.status == 413:
+    if status == 413:
         return PayloadTooLarge()
-    error = InvalidRequest(exc.text or exc.reason)
-    error.status, error.title = exc.status, exc.reason
+    if status == 417:
+        return ExpectationFailed()
+    if status >= 500:
+        return CasdError("an unexpected error occurred; see the server log")
+    error = InvalidRequest(detail)
+    error.status, error.title = status, reason
     return error
+
+
+def refuse_encoded_body(request: web.Request) -> None:
+    """casd stores bodies as they are sent: a ``Content-Encoding`` other than ``identity`` is
+    refused before any byte of the body is read (and nothing is ever inflated: the server runs
+    with aiohttp's ``auto_decompress`` off)."""
+    for value in request.headers.getall("Content-Encoding", ()):
+        for coding in value.split(","):
+            if coding.strip().lower() not in ("", "identity"):
+                raise UnsupportedEncoding(
+                    f"Content-Encoding {coding.strip()[:40]!r} is not accepted; send the bytes"
+                    " as they are to be stored (identity)"
+                )
 
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
+        refuse_encoded_body(request)
         response: web.StreamResponse = await handler(request)
         return response
     except CasdError as error:
         return problem_response(error, error.headers)
+    except BodyStalled as error:
+        return problem_response(RequestTimeout(f"{error}; the request was ended"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,3 +106,48 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(CasdError("an unexpected error occurred; see the server log"))
+
+
+async def problem_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: an error answer aiohttp made itself on a matched route (the
+    ``Expect`` handler runs before the middlewares) becomes problem+json before it is sent."""
+    if response.status < 400 or not isinstance(response, web.Response):
+        return
+    if response.content_type == PROBLEM_JSON:
+        return
+    error = _from_status(response.status, response.reason, response.text or response.reason)
+    body = json.dumps(problem_body(error)).encode()
+    response.body = body
+    response.content_type = PROBLEM_JSON
+    response.headers["Content-Length"] = str(len(body))
+
+
+def _parser_error_answer(
+    self: web_protocol.RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """``RequestHandler.handle_error`` of casd: the same decisions as aiohttp's (close the
+    connection; nothing if the response has started), a problem+json body instead of text."""
+    if status >= 500:
+        log.error("error handling a request from %s", request.remote, exc_info=exc)
+    else:
+        log.warning("refused a malformed request from %s: %s", request.remote, message or exc)
+    if request.writer.output_size > 0:
+        raise ConnectionError("the response has started; no error answer can follow")
+    detail = (message or "the request is malformed")[:300]
+    response = problem_response(_from_status(status, "Bad Request", detail))
+    response.force_close()
+    return response
+
+
+def install_parser_problems() -> None:
+    """Make the HTTP parser's answers (malformed requests) problem+json in this process.
+
+    aiohttp offers no hook for them short of replacing the request handler class its runners
+    instantiate, so casd replaces that class's ``handle_error`` (the one method that builds
+    them) instead; whichever runner serves the application then answers with problem+json.
+    """
+    setattr(web_protocol.RequestHandler, "handle_error", _parser_error_answer)  # noqa: B010

@@ -15,7 +15,13 @@ from casd.auth import Token, require_upload
 from casd.blobs import Blob
 from casd.digests import parse_digest
 from casd.errors import InvalidRequest
-from casd.http.blobs import content_length, defer_expect, send_continue, stored_response
+from casd.http.blobs import (
+    body_chunks,
+    content_length,
+    defer_expect,
+    send_continue,
+    stored_response,
+)
 from casd.http.context import SERVICES, request_token, services
 from casd.uploads import Append, RequestBody, UploadService, UploadStatus
 
@@ -38,6 +44,7 @@ async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
     context = app[SERVICES]
     uploads = UploadService(context.db, context.store, context.blobs, context.settings.upload_ttl)
     await uploads.start()
+    await uploads.recover_after_crash()  # a worker restarted after a crash of its own
     app[UPLOADS] = uploads
     yield
     await uploads.close()
@@ -53,7 +60,7 @@ def request_body(request: web.Request) -> RequestBody:
         await send_continue(request)
 
     return RequestBody(
-        chunks=request.content.iter_any(),
+        chunks=body_chunks(request),
         size=content_length(request),
         interrupt=request.content.set_exception,
         accept=accept,
@@ -98,18 +105,25 @@ def upload_id_of(request: web.Request) -> str:
 def status_headers(status: UploadStatus) -> dict[str, str]:
     headers = {
         "Upload-Offset": str(status.offset),
-        "Upload-Complete": "?0",
+        "Upload-Complete": "?0" if status.completed is None else "?1",
         "Cache-Control": "no-store",
     }
     if status.length is not None:
         headers["Upload-Length"] = str(status.length)
+    if status.completed is not None:
+        headers["Location"] = f"/v1/blobs/{status.completed.digest}"
     return headers
 
 
 def answer(outcome: UploadStatus | Blob, *, created: bool) -> web.Response:
-    """201 with the blob when the upload is complete, else the upload's offset."""
+    """201 with the blob when the upload is complete now, 200 with it when it was complete
+    before this request, else the upload's offset."""
     if isinstance(outcome, Blob):
         return stored_response(outcome, created=True)
+    if outcome.completed is not None:
+        response = stored_response(outcome.completed, created=False)
+        response.headers.update(status_headers(outcome))
+        return response
     headers = status_headers(outcome)
     if created:
         headers["Location"] = f"/v1/uploads/{outcome.id}"
@@ -123,9 +137,10 @@ async def uploader(request: web.Request) -> Token:
 
 async def post_upload(request: web.Request) -> web.StreamResponse:
     token = await uploader(request)
-    outcome = await request.app[UPLOADS].create(
-        token, await append_request(request, token, offset=0), request_body(request)
-    )
+    with services(request).upload_slots.hold(token.id):
+        outcome = await request.app[UPLOADS].create(
+            token, await append_request(request, token, offset=0), request_body(request)
+        )
     return answer(outcome, created=True)
 
 
@@ -142,9 +157,13 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     offset = header_int(request, "Upload-Offset")
     if offset is None:
         raise InvalidRequest("PATCH needs Upload-Offset")
-    outcome = await request.app[UPLOADS].append(
-        upload_id, token, await append_request(request, token, offset=offset), request_body(request)
-    )
+    with services(request).upload_slots.hold(token.id):
+        outcome = await request.app[UPLOADS].append(
+            upload_id,
+            token,
+            await append_request(request, token, offset=offset),
+            request_body(request),
+        )
     return answer(outcome, created=False)
 
 

@@ -10,21 +10,22 @@ WITH bumped AS (
     UPDATE uploads SET epoch = epoch + 1, updated_at = now()
     WHERE id = $1 AND token_id = $2
     RETURNING id, epoch, writer_epoch, writer_process, upload_offset, upload_length,
-              expected_digest
+              expected_digest, completed_digest
 )
 SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest,
-       pg_notify('casd_uploads', id || ' ' || epoch) AS notified
+       completed_digest, pg_notify('casd_uploads', id || ' ' || epoch) AS notified
 FROM bumped;
 
 -- name: get_upload_lease
-SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest
+SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest,
+       completed_digest
 FROM uploads WHERE id = $1;
 
 -- name: claim_upload
 -- Become the writer: only while still the newest request and nobody else writes.
 UPDATE uploads SET writer_epoch = epoch, writer_process = $3, updated_at = now()
-WHERE id = $1 AND epoch = $2 AND writer_epoch IS NULL
-RETURNING upload_offset, upload_length, expected_digest;
+WHERE id = $1 AND epoch = $2 AND writer_epoch IS NULL AND completed_digest IS NULL
+RETURNING upload_offset, upload_length, expected_digest, completed_digest;
 
 -- name: clear_dead_writer
 -- The writer's process is gone (its session lock with it): its recorded offset stands.
@@ -72,13 +73,33 @@ WITH expired AS (
 SELECT id, pg_notify('casd_uploads', id || ' 9223372036854775807') AS notified FROM expired;
 
 -- name: existing_upload_ids
-SELECT id FROM uploads WHERE id = ANY($1::text[]);
+-- Uploads that still need their staged bytes (a completed one's were published).
+SELECT id FROM uploads WHERE id = ANY($1::text[]) AND completed_digest IS NULL;
+
+-- name: complete_upload
+-- The writer published the upload's blob: recorded in the transaction that records the blob,
+-- so the upload is complete exactly when the blob is stored.
+WITH completed AS (
+    UPDATE uploads SET completed_digest = $3, upload_offset = $4, upload_length = $4,
+                       writer_epoch = NULL, writer_process = NULL, updated_at = now()
+    WHERE id = $1 AND writer_epoch = $2
+    RETURNING id, epoch
+)
+SELECT epoch, pg_notify('casd_uploads', id || ' ' || epoch) AS notified FROM completed;
+
+-- name: delete_completed_upload
+DELETE FROM uploads WHERE id = $1 AND token_id = $2 AND completed_digest IS NOT NULL;
+
+-- name: forget_upload
+-- The request that created the upload failed before the client learnt its id: remove it.
+DELETE FROM uploads WHERE id = $1 AND writer_epoch IS NULL;
 
 -- name: list_uploads
--- The uploads of one token, oldest first: their durable offsets and how long they have lived.
+-- The uploads of one token in progress, oldest first: their durable offsets and how long they
+-- have lived (completed ones are not listed).
 SELECT id, upload_offset, upload_length, expected_digest, created_at,
        extract(epoch FROM now() - created_at)::float8 AS age,
        extract(epoch FROM now() - updated_at)::float8 AS idle
-FROM uploads WHERE token_id = $1
+FROM uploads WHERE token_id = $1 AND completed_digest IS NULL
 ORDER BY created_at, id
 LIMIT $2;

@@ -1,0 +1,95 @@
+"""Request bodies as streams of chunks, ended when they stall, and the per-process cap on the
+uploads one token may have in progress."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+from aiohttp import StreamReader
+
+from casd.errors import BodyStalled, TooManyUploads
+
+
+class IdleWatch:
+    """Ends a body (``BodyStalled`` on its stream) when a read of it waits ``idle`` seconds
+    for a byte. Only waiting counts: time the server spends on what it received does not. One
+    timer per request at most, alive only while a read waits."""
+
+    def __init__(self, content: StreamReader, idle: float) -> None:
+        self.content = content
+        self.idle = idle
+        self.loop = asyncio.get_running_loop()
+        self.waiting = False
+        self.since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def begin(self) -> None:
+        """A read starts waiting."""
+        self.waiting, self.since = True, self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self.since + self.idle, self._check)
+
+    def end(self) -> None:
+        self.waiting = False
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.waiting:
+            return  # the next read arms it again
+        due = self.since + self.idle
+        if self.loop.time() < due:
+            self._timer = self.loop.call_at(due, self._check)
+            return
+        self.content.set_exception(
+            BodyStalled(f"no byte of the body arrived for {self.idle:g} seconds")
+        )
+
+
+async def watched_chunks(content: StreamReader, idle: float) -> AsyncIterator[bytes]:
+    """The body in the pieces that arrived, never joined (so never copied) here; a read that
+    waits ``idle`` seconds for a byte raises :class:`BodyStalled`.
+
+    ``readany()``, not ``iter_chunks()``: the latter never ends on aiohttp's shared empty
+    payload and spins the worker forever on a second empty body (aio-libs/aiohttp#7616).
+    """
+    watch = IdleWatch(content, idle)
+    while True:
+        watch.begin()
+        try:
+            chunk = await content.readany()
+        finally:
+            watch.end()
+        if not chunk:
+            return
+        yield chunk
+
+
+class UploadSlots:
+    """How many uploads each token has in progress in this process, at most ``per_token``.
+
+    The scope is one worker process, on purpose: what the cap protects (memory, file
+    descriptors, the event loop) is the process's own. With N workers a token may have up to
+    N times as many uploads in progress on one server.
+    """
+
+    def __init__(self, per_token: int) -> None:
+        self.per_token = per_token
+        self._counts: collections.Counter[int] = collections.Counter()
+
+    @contextlib.contextmanager
+    def hold(self, token_id: int) -> Iterator[None]:
+        if self._counts[token_id] >= self.per_token:
+            raise TooManyUploads(
+                f"this token has {self.per_token} uploads in progress in this server process,"
+                " as many as it may; retry when one has finished"
+            )
+        self._counts[token_id] += 1
+        try:
+            yield
+        finally:
+            self._counts[token_id] -= 1
+            if not self._counts[token_id]:
+                del self._counts[token_id]
