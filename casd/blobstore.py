@@ -316,6 +316,12 @@ class LocalBlobStore:
 
     async def settle(self, staged: StagedBlob) -> None:
         assert isinstance(staged, LocalStagedBlob)
+        if staged.journal is not None and staged.journal.parent == staged.path.parent:
+            # A single request's staging file was renamed to its record: what is left is
+            # one unlink of a name (no data) and a close, cheaper here than a hand-off to
+            # the I/O threads, where it would queue behind other uploads' fsyncs.
+            self._settle_blocking(staged)
+            return
         await asyncio.to_thread(self._settle_blocking, staged)
 
     def _settle_blocking(self, staged: LocalStagedBlob) -> None:

@@ -123,7 +123,11 @@ class Database(Queries):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Queries]:
-        async with self.pool.acquire(timeout=self.timeout) as connection:
+        # No timeout on acquiring (asyncpg would run every acquire through wait_for, which
+        # costs the small uploads ~5%): connecting is bounded by the pool's own timeout, and
+        # a connection in use comes back within one statement timeout, also from a hung
+        # database (a timed-out connection is dropped at once, see Queries._abandon).
+        async with self.pool.acquire() as connection:
             yield Queries(connection)
             cast(_Connection, connection).mark_named_only()
 
@@ -161,7 +165,7 @@ class Database(Queries):
     async def transaction(self) -> AsyncIterator[Queries]:
         """Run named queries in one transaction on one connection."""
         with _translated_errors():
-            async with self.pool.acquire(timeout=self.timeout) as connection:
+            async with self.pool.acquire() as connection:
                 async with connection.transaction():
                     yield Queries(connection)
                 cast(_Connection, connection).mark_named_only()

@@ -35,6 +35,12 @@ class IdleWatch:
     def end(self) -> None:
         self.waiting = False
 
+    def close(self) -> None:
+        """The body is read: no timer stays behind it (nor keeps its request alive)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _check(self) -> None:
         self._timer = None
         if not self.waiting:
@@ -56,15 +62,18 @@ async def watched_chunks(content: StreamReader, idle: float) -> AsyncIterator[by
     payload and spins the worker forever on a second empty body (aio-libs/aiohttp#7616).
     """
     watch = IdleWatch(content, idle)
-    while True:
-        watch.begin()
-        try:
-            chunk = await content.readany()
-        finally:
-            watch.end()
-        if not chunk:
-            return
-        yield chunk
+    try:
+        while True:
+            watch.begin()
+            try:
+                chunk = await content.readany()
+            finally:
+                watch.end()
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        watch.close()
 
 
 class UploadSlots:
