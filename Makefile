@@ -1,16 +1,25 @@
-# The two commands of the README: `make serve` and `make test`. Both set up .venv first.
+# The commands of the README: `make serve`, `make test`, `make test-fast`. Each sets up .venv
+# first: `serve` with the runtime dependencies only, the others with the dev extra as well.
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# Runtime only: what `pip install .` gives a user.
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-.PHONY: serve test lint bench
-serve: $(VENV)/.installed
+# Runtime plus the test and lint toolchain.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.runtime
+
+.PHONY: serve test test-fast lint bench
+serve: $(VENV)/.runtime
 	$(BIN)/casd serve
 
 lint: $(VENV)/.installed
@@ -18,8 +27,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
+# Every tier: unit, service, http and the end-to-end tests with real casd processes.
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed
+# Everything but the end-to-end tier.
+test-fast: lint
+	$(BIN)/python -m pytest -m 'not e2e'
+
+bench: $(VENV)/.runtime
 	$(BIN)/python -m bench

