@@ -2,6 +2,11 @@
 
 PostgreSQL is ``CASD_TEST_DATABASE_URL`` when set, else one embedded cluster for the session;
 every casd server gets a fresh database of its own and a fresh data directory.
+
+Every test has one tier (markers registered in pyproject.toml), given by the fixtures it uses
+unless it names one itself: ``e2e`` with a casd server fixture, ``service`` with PostgreSQL
+only, ``unit`` otherwise. A test outside ``e2e`` that starts a casd process fails, so
+``make test-fast`` (everything but ``e2e``) stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,66 @@ import asyncpg
 import pytest
 
 from casd.embedded import EmbeddedPostgres
+
+TIERS = ("unit", "service", "http", "e2e")
+SERVER_FIXTURES = {"server", "module_server", "casd_server_factory"}
+
+
+def _gives_a_server(fixture: Any) -> bool:
+    """Whether a fixture returns or yields a casd server or a factory of them."""
+    returned = str(getattr(fixture.func, "__annotations__", {}).get("return", ""))
+    return "CasdServer" in returned or "ServerFactory" in returned
+
+
+def tier_of(item: pytest.Item) -> str:
+    named = [tier for tier in TIERS if item.get_closest_marker(tier)]
+    if len(named) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is in several tiers: {named}")
+    if named:
+        return named[0]
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info else []
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & SERVER_FIXTURES or any(
+        _gives_a_server(fixture) for chain in definitions for fixture in chain
+    ):
+        return "e2e"
+    return "service" if "postgres_url" in fixtures else "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(tier_of(item))
+
+
+# The running test's tier: outside e2e, starting casd (in the test or in a fixture it sets up)
+# is an error, so a test that needs a casd process cannot hide in `make test-fast`.
+_running_tier: list[str] = []
+_popen_init = subprocess.Popen.__init__
+
+
+def _starts_casd(args: Any) -> bool:
+    words = [str(word) for word in ([args] if isinstance(args, str | bytes | Path) else args)]
+    program = Path(words[0]).name if words else ""
+    return program == "casd" or ("-m" in words[1:3] and "casd" in words[1:3])
+
+
+def _guarded_popen_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+    if _running_tier and _running_tier[0] != "e2e" and _starts_casd(args):
+        raise RuntimeError(f"a {_running_tier[0]} test starts casd: mark it e2e")
+    _popen_init(self, args, *rest, **kw)
+
+
+subprocess.Popen.__init__ = _guarded_popen_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    _running_tier[:] = [tier_of(item)]
+    try:
+        return (yield)
+    finally:
+        _running_tier.clear()
 
 
 def run_coroutine_in_thread(coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -103,6 +104,7 @@ async def test_integrity_failure(
     assert names_in(tmp_path) == [], "nothing of it is kept"
 
 
+@pytest.mark.e2e
 def test_server_unavailable_after_the_retries(tmp_path: Path) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     result = run(None, "resolve", "exit/x", "--url", nobody, "--retries", "2")
@@ -126,6 +128,7 @@ def test_other_failures(module_server: CasdServer, tmp_path: Path) -> None:
     failed(result, Exit.OTHER, "No such file or directory")
 
 
+@pytest.mark.e2e
 async def test_408_and_429_are_retried_with_a_note(tmp_path: Path) -> None:
     """A server that asks to slow down twice, then answers: the command succeeds."""
     answers = [429, 408]
@@ -146,6 +149,7 @@ async def test_408_and_429_are_retried_with_a_note(tmp_path: Path) -> None:
     assert len(notes) == 2 and "try 1 of 6 failed" in notes[0], notes
 
 
+@pytest.mark.e2e
 async def test_timeout_ends_a_silent_server(tmp_path: Path) -> None:
     """A server that accepts and never answers: --timeout ends each try, and the command
     gives up with the unavailable status instead of hanging."""

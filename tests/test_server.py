@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import psutil
+import pytest
 
 from casd.database import migrate
 from casd.sqlfiles import migrations
@@ -183,6 +184,7 @@ async def test_migrations_are_recorded_and_race_free(postgres_url: str) -> None:
     assert await migrate(url) == [], "a second run applies nothing"
 
 
+@pytest.mark.e2e
 def test_migrate_command(postgres_url: str, tmp_path: Path) -> None:
     url = create_database(postgres_url)
     command = [
@@ -219,6 +221,7 @@ def test_port_in_use_is_a_clear_error(
     assert "cannot listen" in result.stderr
 
 
+@pytest.mark.e2e
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "casd", "serve", "--data-dir", str(tmp_path), "--listen", "nope"],

@@ -46,6 +46,7 @@ def run_serve(
     )
 
 
+@pytest.mark.e2e
 def test_each_bad_setting_is_one_line_naming_it_and_exit_2(tmp_path: Path) -> None:
     def attempt(case: int) -> tuple[int, subprocess.CompletedProcess[str]]:
         args, env, _ = BAD_SETTINGS[case]
@@ -75,6 +76,7 @@ def test_setting_errors_name_the_value_and_the_setting() -> None:
     assert load_settings({}, {"CASD_MAX_BLOB_SIZE": "10GiB"}).max_blob_size == 10 * 2**30
 
 
+@pytest.mark.e2e
 def test_every_setting_is_in_serve_help_and_in_the_readme() -> None:
     fields = {field.name for field in dataclasses.fields(Settings)}
     assert fields == {setting.field for setting in SETTINGS}, "every field has a SETTINGS entry"
