@@ -76,7 +76,9 @@ def test_image_runs_casd_unprivileged_under_an_init_with_a_healthcheck() -> None
     [healthcheck] = instructions("HEALTHCHECK")
     assert "/readyz" in healthcheck
     installs = [run for run in instructions("RUN") if "pip install" in run]
-    assert installs and not any("[test]" in run or "'.[" in run for run in installs)
+    assert installs and not any(
+        extra in run for extra in ("[test]", "[dev]", "'.[") for run in installs
+    )
     assert "VOLUME" in CONTAINERFILE and "CASD_DATA_DIR=/var/lib/casd" in CONTAINERFILE
 
 
@@ -171,3 +173,14 @@ def test_the_wheel_holds_the_casd_package_and_its_sql_only(tmp_path: Path) -> No
     assert "casd/sql/schema.sql" in expected and "casd/sql/queries/names.sql" in expected
     assert shipped == expected
     assert "casd/cli.py" in files and "casd/http/app.py" in files
+
+
+def test_bench_writes_its_results_where_the_user_says_or_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    from bench.cli import RESULTS_FILE, parse_args
+
+    assert parse_args(["--results", str(tmp_path)]).results == tmp_path
+    default = parse_args([]).results.absolute()
+    assert default == Path.cwd()
+    assert not (default / RESULTS_FILE).is_relative_to(ROOT / "bench")
