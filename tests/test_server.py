@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from casd.database import migrate
+from casd.embedded import SOCKET_FALLBACK, EmbeddedPostgres
 from casd.sqlfiles import migrations
 from tests.conftest import CasdServer, ServerFactory, create_database
 from tests.helpers import blob_path, digest_of, put_blob
@@ -291,3 +292,14 @@ async def test_stale_postmaster_pid_of_an_unrelated_process(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.e2e
+def test_embedded_database_with_a_long_path_leaves_no_socket_directory(tmp_path: Path) -> None:
+    pgdata = tmp_path / ("d" * 60) / ("e" * 60) / "postgres"
+    embedded = EmbeddedPostgres(pgdata)
+    with embedded:
+        socket_dir = Path(embedded.url.rpartition("host=")[2])
+        assert socket_dir.parent == SOCKET_FALLBACK, "the data directory's path is too long"
+        assert socket_dir.is_dir()
+    assert not socket_dir.exists()
