@@ -13,6 +13,15 @@ $(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The browser of the page tests (tests/test_web.py): Debian's chromium, installed once, as root
+# (CI is root on a fresh machine); Playwright drives it and never downloads a browser itself.
+CHROMIUM = /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then echo "the page tests need chromium: sudo apt-get install chromium" >&2; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 # Runtime plus the test and lint toolchain.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -28,7 +37,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 # Every tier: unit, service, http and the end-to-end tests with real casd processes.
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 # Everything but the end-to-end tier.

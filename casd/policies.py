@@ -119,18 +119,21 @@ class PolicyService:
         return Policy.from_row(rows[0])
 
     async def set(self, policy: Policy, actor: str) -> tuple[Policy, bool]:
-        """Create or replace the policy of ``policy.prefix``; the policy and whether it is new."""
-        created: bool = await self.db.fetchval(
-            "upsert_policy",
-            policy.prefix,
-            policy.protected,
-            policy.immutable,
-            policy.quota_bytes,
-            policy.delete_after,
-            policy.keep_versions,
-            actor,
-        )
-        return await self.get(policy.prefix), created
+        """Create or replace the policy of ``policy.prefix``; the policy and whether it is new.
+        One transaction: a concurrent delete waits for it, so the answer is what was stored."""
+        async with self.db.transaction() as tx:
+            created: bool = await tx.fetchval(
+                "upsert_policy",
+                policy.prefix,
+                policy.protected,
+                policy.immutable,
+                policy.quota_bytes,
+                policy.delete_after,
+                policy.keep_versions,
+                actor,
+            )
+            rows = await tx.fetch("list_policies", policy.prefix)
+        return Policy.from_row(rows[0]), created
 
     async def delete(self, prefix: str) -> None:
         if await self.db.fetchval("delete_policy", valid_policy_prefix(prefix)) is None:

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from casd import web as pages
 from casd.auth import TokenStore
 from casd.blobs import BlobService
 from casd.blobstore import LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
-from casd.http import accesslog, blobs, names, ops, policies, tokens, uploads
+from casd.http import accesslog, blobs, names, openapi, ops, policies, tokens, uploads
 from casd.http.bodies import UploadSlots
 from casd.http.context import SERVICES, Services
 from casd.http.problems import install_parser_problems, problem_middleware, problem_on_prepare
@@ -59,7 +60,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         app.cleanup_ctx.append(periodic_scrub_ctx)
     if settings.retention_interval:
         app.cleanup_ctx.append(periodic_retention_ctx)
-    for module in (blobs, names, ops, policies, tokens, uploads):
+    for module in (blobs, names, ops, policies, tokens, uploads, openapi, pages):
         module.setup_routes(app)
     return app
 

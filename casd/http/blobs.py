@@ -34,8 +34,8 @@ async def defer_expect(request: web.Request) -> None:
 
 
 async def send_continue(request: web.Request) -> None:
-    expect = request.headers.get("Expect")
-    if expect is None:
+    expect = request.headers.get("Expect", "").strip()
+    if not expect:  # an empty Expect expects nothing, as PUT has always read it
         return
     if expect.lower() != "100-continue":
         raise ExpectationFailed(f"cannot meet 'Expect: {expect}'")

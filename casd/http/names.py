@@ -31,15 +31,19 @@ _BODY_MEMBERS = {"digest", "metadata"}
 _PROMOTE_MEMBERS = {"source", "source_version", "metadata"}
 
 
+# Any characters, line breaks too: a path that is not a valid name reaches the handler and is
+# answered 400 invalid-name, not 404 "no resource" (``.`` would stop at a newline).
+NAME_PATH = r"{name:[\s\S]+}"
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/names", list_names)
-    # Any character, newlines too: a name that breaks the rules is 400 invalid-name, not 404.
     # Before the name's own route, which would take '.../content' for part of the name.
-    app.router.add_get(r"/v1/names/{name:[\s\S]+}/content", get_name_content)
-    app.router.add_get(r"/v1/names/{name:[\s\S]+}", get_name)
-    app.router.add_put(r"/v1/names/{name:[\s\S]+}", put_name)
-    app.router.add_delete(r"/v1/names/{name:[\s\S]+}", delete_name)
-    app.router.add_get(r"/v1/history/{name:[\s\S]+}", get_history)
+    app.router.add_get(f"/v1/names/{NAME_PATH}/content", get_name_content)
+    app.router.add_get(f"/v1/names/{NAME_PATH}", get_name)
+    app.router.add_put(f"/v1/names/{NAME_PATH}", put_name)
+    app.router.add_delete(f"/v1/names/{NAME_PATH}", delete_name)
+    app.router.add_get(f"/v1/history/{NAME_PATH}", get_history)
 
 
 def names_of(request: web.Request) -> NameService:

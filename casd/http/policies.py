@@ -12,9 +12,10 @@ from casd.policies import Policy, PolicyService
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/policies", list_policies)
-    app.router.add_get("/v1/policies/{prefix:.+}", get_policy)
-    app.router.add_put("/v1/policies/{prefix:.+}", put_policy)
-    app.router.add_delete("/v1/policies/{prefix:.+}", delete_policy)
+    # Any characters, as for names: a prefix that is no name is 400, not "no resource" (404).
+    app.router.add_get(r"/v1/policies/{prefix:[\s\S]+}", get_policy)
+    app.router.add_put(r"/v1/policies/{prefix:[\s\S]+}", put_policy)
+    app.router.add_delete(r"/v1/policies/{prefix:[\s\S]+}", delete_policy)
 
 
 def policies_of(request: web.Request) -> PolicyService:

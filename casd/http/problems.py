@@ -113,8 +113,8 @@ async def problem_on_prepare(request: web.Request, response: web.StreamResponse)
     ``Expect`` handler runs before the middlewares) becomes problem+json before it is sent."""
     if response.status < 400 or not isinstance(response, web.Response):
         return
-    if response.content_type == PROBLEM_JSON:
-        return
+    if response.content_type in (PROBLEM_JSON, "text/html"):
+        return  # already a problem, or an error page of casd.web for people
     error = _from_status(response.status, response.reason, response.text or response.reason)
     body = json.dumps(problem_body(error)).encode()
     response.body = body
