@@ -160,3 +160,13 @@ CREATE FUNCTION blob_collectable(
                          AND later.digest <> blob_digest)
                     < keep_versions_for(h.name, keep_versions))
 $$;
+
+-- The operations page (casd/web): the first blob by time, the unhealthy blobs counted live, and
+-- the whole store's figures kept between their recomputations in the background.
+CREATE INDEX blobs_created_at ON blobs (created_at);
+CREATE INDEX blobs_unhealthy ON blobs (status) INCLUDE (size) WHERE status <> 'ok';
+CREATE TABLE web_figures (
+    only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    computed_at timestamptz NOT NULL,
+    figures     jsonb NOT NULL CHECK (jsonb_typeof(figures) = 'object')
+);

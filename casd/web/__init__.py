@@ -1,7 +1,7 @@
 """The web pages for people: server-rendered HTML over the same services as the API.
 
 Templates live in ``casd/web/templates`` (Jinja2, autoescaped), the one stylesheet in
-``casd/web/static``; page queries in ``sql/queries/web.sql``. No page runs a script.
+``casd/web/static``; page queries in ``casd/sql/queries/web.sql``. No page runs a script.
 """
 
 from __future__ import annotations

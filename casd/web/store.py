@@ -1,4 +1,4 @@
-"""What the pages show, read from the database with the named queries of ``sql/queries/web.sql``
+"""What the pages show, read with the named queries of ``casd/sql/queries/web.sql``
 (and the services' own queries where one exists)."""
 
 from __future__ import annotations
