@@ -8,8 +8,10 @@ a bad value of any setting is a one-line error that names it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +194,23 @@ class Settings:
 
     @property
     def metrics_dir(self) -> Path:
-        """This server's metric files: one directory per host and port, as two servers on one
-        host cannot share a port (several nodes may share a data directory)."""
+        """This server's metric files (see ``metrics_dir_of``)."""
         _host, port = self.host_port
-        return self.data_dir / "metrics" / f"{os.uname().nodename}-{port}"
+        return metrics_dir_of(self.data_dir, port)
+
+
+def metrics_dir_of(data_dir: Path, port: int) -> Path:
+    """The directory of a server's memory-mapped metric files: off the data disk, in memory
+    (``/dev/shm``) where there is one, else in the temporary directory. A write to a mapped page
+    of a full disk kills the process (SIGBUS), so a full data disk must never hold them.
+
+    One directory per user, port and data directory: two servers on one host cannot share a
+    port, and the name is the same at every start, so a start clears what a crash left."""
+    base = Path("/dev/shm")
+    if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
+        base = Path(tempfile.gettempdir())
+    where = hashlib.sha256(os.fsencode(data_dir.absolute())).hexdigest()[:12]
+    return base / f"casd-metrics-{os.getuid()}-{port}-{where}"
 
 
 @dataclass(frozen=True)

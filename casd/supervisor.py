@@ -57,7 +57,7 @@ def prepare_to_serve(settings: Settings) -> None:
         raise RuntimeError("prometheus_client was imported before its directory was set")
     directory = settings.metrics_dir
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    directory.mkdir(mode=0o700, parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 

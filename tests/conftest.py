@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from casd.config import metrics_dir_of
 from casd.embedded import EmbeddedPostgres
 
 TIERS = ("unit", "service", "http", "e2e")
@@ -225,10 +227,13 @@ class CasdServer:
             return self.process.returncode if self.process else None
         self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            self.process.wait()
+        if self.process.returncode != 0:  # casd removes them when it stops, not when killed
+            shutil.rmtree(metrics_dir_of(self.data_dir, self.port), ignore_errors=True)
+        return self.process.returncode
 
     def restart(self) -> CasdServer:
         self.stop()

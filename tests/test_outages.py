@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 import pytest
 
+from casd.config import metrics_dir_of
 from tests.conftest import CasdServer, ServerFactory
 from tests.helpers import digest_of, problem_of, put_blob
 from tests.traffic import SOAK, Traffic, check_nothing_lost
@@ -156,6 +157,16 @@ def small_disk(directory: Path, size: str) -> Iterator[None]:
         os.system(f"umount -l {directory}")
 
 
+def fill_completely(filler: Path) -> None:
+    """Write to ``filler`` until its disk has no byte left."""
+    with filler.open("wb", buffering=0) as file:
+        for size in (1024 * 1024, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    file.write(bytes(size))
+    assert os.statvfs(filler).f_bavail == 0
+
+
 async def test_readyz_reports_a_full_blob_store_while_reads_work(
     casd_server_factory: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -166,12 +177,10 @@ async def test_readyz_reports_a_full_blob_store_while_reads_work(
         assert (await put_blob(http, server.url, server.admin_token, stored))[0] == 201
         status, body, _ = await timed(http, "GET", f"{server.url}/readyz")
         assert status == 200
-        # Full as far as uploads go, with a few pages left: casd's other files on this disk
-        # (its metric files, memory-mapped) are not what this test is about.
+        # Completely full: not one byte more fits. Workers keep their memory-mapped metric
+        # files off this disk, so they live on (a write to a mapped page would be a SIGBUS).
         filler = data_dir / "filler"
-        space = os.statvfs(data_dir)
-        with filler.open("wb") as file:
-            file.write(bytes(space.f_bavail * space.f_frsize - 256 * 1024))
+        fill_completely(filler)
         status, body, _ = await timed(http, "GET", f"{server.url}/readyz")
         assert status == 503, body
         assert body["state"] == "degraded"
@@ -179,11 +188,20 @@ async def test_readyz_reports_a_full_blob_store_while_reads_work(
             "database": "ok",
             "blob_store": "full: uploads are refused (507), reads still work",
         }
-        async with http.get(f"{server.url}/v1/blobs/{digest_of(stored)}") as response:
-            assert response.status == 200 and await response.read() == stored
-        status, _ = await put_blob(http, server.url, server.admin_token, os.urandom(1024 * 1024))
-        assert status == 507
+        for _ in range(8):  # on fresh connections, so through every worker
+            async with http.get(
+                f"{server.url}/v1/blobs/{digest_of(stored)}", headers={"Connection": "close"}
+            ) as response:
+                assert response.status == 200 and await response.read() == stored
+            status, _ = await put_blob(http, server.url, server.admin_token, os.urandom(256 * 1024))
+            assert status == 507
+            async with http.get(f"{server.url}/metrics", headers={"Connection": "close"}) as got:
+                assert got.status == 200
         filler.unlink()
         status, body, _ = await timed(http, "GET", f"{server.url}/readyz")
         assert status == 200, body
-        server.stop()
+        assert "restarting it" not in server.log(), "no worker died"
+        metric_files = metrics_dir_of(data_dir, server.port)
+        assert any(metric_files.iterdir()) and data_dir not in metric_files.parents
+        assert server.stop() == 0
+        assert not metric_files.exists(), "removed when casd stops"
