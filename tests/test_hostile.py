@@ -155,9 +155,13 @@ async def test_names_with_control_characters_are_invalid(
             ("PUT", f"/v1/names/{name}"),
             ("DELETE", f"/v1/names/{name}"),
             ("GET", f"/v1/history/{name}"),
+            ("GET", f"/v1/policies/{name}"),
+            ("PUT", f"/v1/policies/{name}"),
+            ("DELETE", f"/v1/policies/{name}"),
         ]:
             url = URL(module_server.url + path, encoded=True)
-            async with http.request(method, url, json={"digest": "x"}, headers=auth) as response:
+            body = {"digest": "x"} if "/names/" in path else {"protected": True}
+            async with http.request(method, url, json=body, headers=auth) as response:
                 assert response.status == 400, (method, path)
                 assert (await problem_of(response))["code"] == "invalid-name"
 
