@@ -25,6 +25,9 @@ from casd.errors import (
 from casd.names import NameRecord, iso_utc, validate_name
 
 # What a policy body may set, and the Python type of each.
+# Retention subtracts delete_after from the clock in PostgreSQL: far more than this is out of
+# a timestamp's range there and would stop every retention run.
+MAX_DELETE_AFTER = 100 * 365 * 86400  # 100 years
 _SETTABLE: dict[str, tuple[type, ...]] = {
     "protected": (bool,),
     "immutable": (bool,),
@@ -69,13 +72,17 @@ class Policy:
             if (
                 isinstance(value, int | float)
                 and not isinstance(value, bool)
-                and (value < 0 or not math.isfinite(value))
+                and (value < 0 or (isinstance(value, float) and not math.isfinite(value)))
             ):
                 raise InvalidRequest(f"{key} must be a finite number, at least 0")
             values[key] = value
         if values.get("delete_after") == 0:
             raise InvalidRequest("delete_after must be more than 0 seconds")
-        if values.get("quota_bytes", 0) >= 2**63 or values.get("keep_versions", 0) >= 2**31:
+        if (
+            values.get("quota_bytes", 0) >= 2**63
+            or values.get("keep_versions", 0) >= 2**31
+            or values.get("delete_after", 0) > MAX_DELETE_AFTER
+        ):
             raise InvalidRequest("a number in the policy is too large")
         return cls(valid_policy_prefix(prefix), **values)
 

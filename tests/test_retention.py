@@ -313,6 +313,10 @@ async def test_policy_commands_and_bad_policies(
         {"quota_bytes": -1},
         {"delete_after": 0},
         {"keep_versions": 1.5},
+        {"delete_after": 10**400},
+        {"delete_after": 1e300},  # would put retention's cutoff before any timestamp
+        {"quota_bytes": 10**400},
+        {"keep_versions": 10**400},
         {"retain": True},
         [],
     ]

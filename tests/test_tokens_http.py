@@ -74,6 +74,7 @@ async def test_minting_stays_within_the_minter(
         ({"write_prefixes": ["investigate/1"] * 101}, "invalid-request"),
         ({"read_prefixes": "investigate/1"}, "invalid-request"),
         ({"write_prefixes": ["investigate/1"], "expires_in": 1e300}, "invalid-request"),
+        ({"write_prefixes": ["investigate/1"], "expires_in": 10**400}, "invalid-request"),
         ({"write_prefixes": ["investigate/1"], "quota_bytes": 2**63}, "invalid-request"),
         ({"write_prefixes": ["investigate/1"], "rights": "mint"}, "invalid-request"),
         ([1, 2], "invalid-request"),

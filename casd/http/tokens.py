@@ -104,12 +104,12 @@ def _expires_in(value: Any) -> float | None:
         except ValueError as error:
             raise InvalidRequest(str(error)) from error
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = value  # not float() yet: an int too large for a float is too long, not a 500
     else:
         raise InvalidRequest("expires_in is a number of seconds or a duration like '8h'")
     if not 0 < seconds <= 100 * 365 * 86400:
         raise InvalidRequest("expires_in must be more than 0 and at most 100 years")
-    return seconds
+    return float(seconds)
 
 
 def _quota(value: Any) -> int | None:
