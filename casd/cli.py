@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from casd import cli_admin, cli_client
-from casd.config import SETTINGS, SettingError, Settings, load_settings, parse_duration
+from casd.config import SETTINGS, SettingError, Settings, load_settings
 from casd.errors import CasdError
 from casd.exit_codes import HELP as EXIT_HELP
 from casd.exit_codes import Exit, exit_code
@@ -243,16 +243,6 @@ def token_revoke(token_id: int, **options: Any) -> None:
 # --- scrub and gc: the integrity of stored blobs (casd/scrub.py, casd/gc.py) ---
 
 
-def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """30s, 15m, 24h, 7d (see casd.config.parse_duration) as seconds."""
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from error
-
-
 def with_blobs(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``work(blob_service)`` on the server's database and data directory."""
     from casd.blobs import BlobService
@@ -275,7 +265,7 @@ def with_blobs(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any
 @server_options
 @click.option(
     "--older-than",
-    callback=duration,
+    callback=cli_admin.duration,
     metavar="DURATION",
     help="Re-hash only blobs not verified for this long (7d); check the others are there.",
 )
@@ -310,7 +300,7 @@ def scrub(
 @server_options
 @click.option(
     "--grace",
-    callback=duration,
+    callback=cli_admin.duration,
     metavar="DURATION",
     help="Keep what was uploaded this recently (env CASD_GC_GRACE, 24h).",
 )

@@ -32,6 +32,7 @@ def http_options(command: F) -> F:
 
 
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """30s, 15m, 24h, 7d (see casd.config.parse_duration) as seconds."""
     if value is None:
         return None
     try:
