@@ -68,10 +68,6 @@ class Token:
             return None
         return self.read_prefixes + self.write_prefixes
 
-    def may_read(self, name: str) -> bool:
-        scope = self.read_scope
-        return scope is None or any(prefix_covers(prefix, name) for prefix in scope)
-
     @property
     def is_admin(self) -> bool:
         """The empty prefix covers every name: such a token is the administrator's."""
