@@ -12,6 +12,7 @@ from aiohttp import web
 
 
 def setup_routes(app: web.Application) -> None:
+    _description_json()  # read and parse the file now, not in the event loop of a request
     app.router.add_get("/v1/openapi.json", openapi_json)
 
 
