@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from casd import cli_admin, cli_client
+from casd.cli_common import byte_size
 from casd.config import SETTINGS, SettingError, Settings, load_settings
 from casd.errors import CasdError
 from casd.exit_codes import HELP as EXIT_HELP
@@ -174,7 +175,7 @@ def local(options: dict[str, Any]) -> bool:
 @click.option("--read", "reads", multiple=True, help="Read only these (and the write) prefixes.")
 @click.option("--mint", is_flag=True, help="May create tokens within its own scope.")
 @click.option("--expires-in", callback=cli_admin.duration, help="Expire after this long (8h).")
-@click.option("--quota", callback=cli_admin.size, help="Bytes of new blobs it may store (10GiB).")
+@click.option("--quota", callback=byte_size, help="Bytes of new blobs it may store (10GiB).")
 @click.option("--name", "label", default="", help="A label for lists and history.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record, secret included.")
 def token_create(

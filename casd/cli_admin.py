@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 import click
 
-from casd.config import parse_duration, parse_size
+from casd.cli_common import byte_size
+from casd.config import parse_duration
 
 if TYPE_CHECKING:
     from casd.auth import TokenSpec
@@ -37,15 +38,6 @@ def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> f
         return None
     try:
         return parse_duration(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from error
-
-
-def size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
 
@@ -177,7 +169,7 @@ def policy_list(url: str | None, token: str | None, as_json: bool) -> None:
 @click.argument("prefix")
 @click.option("--protected/--no-protected", default=None, help="Only admins delete names.")
 @click.option("--immutable/--no-immutable", default=None, help="Names are created once.")
-@click.option("--quota", callback=size, help="Bytes its names may reference (10GiB).")
+@click.option("--quota", callback=byte_size, help="Bytes its names may reference (10GiB).")
 @click.option("--no-quota", is_flag=True, help="Remove the quota.")
 @click.option("--delete-after", callback=duration, help="Delete names this long after a change.")
 @click.option("--keep-forever", is_flag=True, help="Remove --delete-after.")

@@ -44,7 +44,8 @@ class ClientOptions:
 _OPTION_NAMES = set(ClientOptions.__dataclass_fields__)
 
 
-def rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+def byte_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A click callback: 512M, 10GiB, 10GB (see casd.config.parse_size) as bytes."""
     if value is None:
         return None
     try:
@@ -92,7 +93,7 @@ def client_options(*, transfer: bool = False) -> Callable[[F], F]:
             decorators.append(
                 click.option(
                     "--limit-rate",
-                    callback=rate,
+                    callback=byte_size,
                     metavar="BYTES",
                     help="At most this many bytes a second (512k, 20M).",
                 )
