@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from casd.blobs import BlobService
 from casd.config import Settings
@@ -76,7 +77,14 @@ async def scrub_periodically(blobs: BlobService, settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def periodic_scrub(blobs: BlobService, settings: Settings) -> AsyncIterator[None]:
     """Run the periodic scrub in the background for as long as the context lasts."""
-    task = asyncio.create_task(scrub_periodically(blobs, settings), name="casd-periodic-scrub")
+    async with in_background(scrub_periodically(blobs, settings), "casd-periodic-scrub"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task for as long as the context lasts, then cancel it."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
@@ -107,12 +115,6 @@ async def retention_periodically(db: Database, interval: float) -> None:
 async def periodic_retention(db: Database, settings: Settings) -> AsyncIterator[None]:
     """Apply the retention policies in the background for as long as the context lasts."""
     assert settings.retention_interval is not None
-    task = asyncio.create_task(
-        retention_periodically(db, settings.retention_interval), name="casd-periodic-retention"
-    )
-    try:
+    work = retention_periodically(db, settings.retention_interval)
+    async with in_background(work, "casd-periodic-retention"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
