@@ -21,10 +21,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from casd import wire
 from casd.blobs import Charge
 from casd.database import Database, Listener, Queries
 from casd.errors import CasdError, Forbidden, InvalidName, TokenNotFound, Unauthorized
 from casd.names import iso_utc, validate_name
+from casd.wire import prefix_covers as prefix_covers  # the contract's rule, the client's too
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +90,7 @@ class Token:
 
     def as_dict(self) -> dict[str, Any]:
         """The token as the API shows it: never its secret."""
-        return {
-            "id": self.id,
-            "label": self.label,
-            "write_prefixes": list(self.write_prefixes),
-            "read_prefixes": None if self.read_prefixes is None else list(self.read_prefixes),
-            "admin": self.is_admin,
-            "rights": self.rights,
-            "expires_at": _iso(self.expires_at),
-            "quota_bytes": self.quota_bytes,
-            "used_bytes": self.used_bytes,
-            "minted_by": self.minted_by,
-            "created_at": _iso(self.created_at),
-            "revoked_at": _iso(self.revoked_at),
-        }
+        return wire.TokenInfo.of(self, admin=self.is_admin).to_json()
 
 
 @dataclass(frozen=True)
@@ -174,11 +163,6 @@ def valid_prefix(prefix: str) -> str:
     if prefix:
         raise InvalidName(f"{prefix!r} would cover every name; give '' for that on purpose")
     return normalized
-
-
-def prefix_covers(prefix: str, name: str) -> bool:
-    prefix = normalize_prefix(prefix)
-    return prefix == "" or name == prefix or name.startswith(prefix + "/")
 
 
 def hash_secret(secret: str) -> bytes:

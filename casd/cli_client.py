@@ -34,6 +34,7 @@ from casd.client_config import DEFAULT_URL as DEFAULT_URL  # the server when non
 
 if TYPE_CHECKING:
     from casd.client import Client, NameRecord, StoredBlob
+    from casd.wire import TokenInfo
 
 
 @click.command(epilog=EPILOG)
@@ -102,14 +103,14 @@ async def check_name_write(
 ) -> None:
     """Fail before any byte goes out if the write of ``name`` cannot succeed: the token may
     not write it (as ``GET /v1/token`` tells), or the name is not where it is expected."""
-    from casd.auth import prefix_covers
     from casd.errors import Forbidden, PreconditionFailed, Unauthorized
+    from casd.wire import prefix_covers
 
     if client.token is None:
         raise Unauthorized("writing a name needs a token (--token, CASD_TOKEN, casd login)")
     info = await client.token_info()
-    if info is not None and not info.get("admin"):
-        prefixes = [prefix for prefix in info.get("write_prefixes", []) if isinstance(prefix, str)]
+    if info is not None and not info.admin:
+        prefixes = [prefix for prefix in info.write_prefixes if isinstance(prefix, str)]
         if not any(prefix_covers(prefix, name) for prefix in prefixes):
             shown = ", ".join(repr(prefix) for prefix in prefixes) or "nothing"
             raise Forbidden(f"this token may not write {name!r} (it writes {shown})")
@@ -284,13 +285,13 @@ def login(server: str, url: str | None, token_file: Path | None) -> None:
     if not token:
         raise click.UsageError("no token given")
 
-    async def check() -> dict[str, Any] | None:
+    async def check() -> TokenInfo | None:
         async with Client(url, token) as client:
             return await client.token_info()
 
     info = asyncio.run(check())
     stored = save_login(server, url, token)
-    who = f"token {info.get('id')} ({info.get('label') or 'no label'})" if info else "a token"
+    who = f"token {info.id} ({info.label or 'no label'})" if info else "a token"
     click.echo(f"logged in to {url} as {who}; the token is in {stored}", err=True)
 
 

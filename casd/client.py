@@ -35,13 +35,12 @@ import aiohttp
 import blake3
 from yarl import URL
 
+from casd import wire
 from casd.client_state import FileIdentity, UploadJournal
 from casd.client_support import (
     TRANSPORT_ERRORS,
     Download,
-    HistoryEntry,
     LocalFileError,
-    NameRecord,
     Progress,
     Retry,
     RetryNote,
@@ -54,8 +53,10 @@ from casd.client_support import (
     hash_file,
     local,
     offset_header,
+    parsed,
     raise_for_problem,
     retry_after,
+    stored,
     stream_chunks,
     unreachable,
 )
@@ -71,6 +72,7 @@ from casd.errors import (
     Unavailable,
     UploadNotFound,
 )
+from casd.wire import DIGEST_PREFIX, HistoryEntry, NameRecord, TokenInfo
 
 T = TypeVar("T")
 
@@ -209,13 +211,13 @@ class Client:
         return int(headers["Content-Length"])
 
     async def put_bytes(self, data: bytes) -> StoredBlob:
-        digest = "blake3:" + blake3.blake3(data).hexdigest()
+        digest = DIGEST_PREFIX + blake3.blake3(data).hexdigest()
         status, body, _ = await self.retrying(
             lambda: self.request_json(
                 "PUT", self.endpoint(f"/v1/blobs/{digest}"), data=data, ok=(200, 201)
             )
         )
-        return StoredBlob(body["digest"], body["size"], created=status == 201)
+        return stored(body, status)
 
     async def put_file(
         self,
@@ -283,10 +285,11 @@ class Client:
         status, body, _ = await self.request_json(
             "POST", self.endpoint("/v1/blobs"), data=chunks, ok=(200, 201)
         )
-        digest = "blake3:" + hasher.hexdigest()
-        if (body["digest"], body["size"]) != (digest, counted[0]):
+        digest = DIGEST_PREFIX + hasher.hexdigest()
+        blob = parsed(wire.Blob, body)
+        if (blob.digest, blob.size) != (digest, counted[0]):
             raise DigestMismatch(
-                f"the server stored {body['digest']} ({body['size']} bytes), but {counted[0]}"
+                f"the server stored {blob.digest} ({blob.size} bytes), but {counted[0]}"
                 f" bytes hashing to {digest} were sent"
             )
         return StoredBlob(digest, counted[0], created=status == 201)
@@ -304,7 +307,7 @@ class Client:
         )
         if progress:
             progress(size, size)
-        return StoredBlob(body["digest"], body["size"], created=status == 201)
+        return stored(body, status)
 
     # --- resumable uploads ---
 
@@ -312,9 +315,9 @@ class Client:
         """Create a resumable upload (``POST /v1/uploads``); its URL."""
         headers = {"Content-Length": "0"}
         if size is not None:
-            headers["Upload-Length"] = str(size)
+            headers[wire.UPLOAD_LENGTH] = str(size)
         if digest is not None:
-            headers["Casd-Digest"] = parse_digest(digest)
+            headers[wire.CASD_DIGEST] = parse_digest(digest)
         _, _, answer = await self.retrying(
             lambda: self.request_json(
                 "POST", self.endpoint("/v1/uploads"), headers=headers, ok=(201,)
@@ -327,7 +330,7 @@ class Client:
         _, _, headers = await self.request_json(
             "HEAD", URL(upload_url, encoded=True), ok=(204,), not_found=UploadNotFound
         )
-        return int(headers["Upload-Offset"])
+        return int(headers[wire.UPLOAD_OFFSET])
 
     async def resume_upload(
         self,
@@ -363,7 +366,7 @@ class Client:
             except Unavailable as error:
                 offset, failure = None, error
             except InvalidRequest as error:
-                if "Upload-Offset" not in error.headers:
+                if wire.UPLOAD_OFFSET not in error.headers:
                     raise
                 # The body broke off on the way (a proxy, say); the server kept what came.
                 offset, failure = offset_header(error), error
@@ -380,13 +383,13 @@ class Client:
         progress: Progress | None,
     ) -> StoredBlob:
         headers = {
-            "Upload-Offset": str(offset),
-            "Upload-Complete": "?1",
+            wire.UPLOAD_OFFSET: str(offset),
+            wire.UPLOAD_COMPLETE: wire.TRUE,
             "Content-Length": str(size - offset),
-            "Content-Type": "application/partial-upload",
+            "Content-Type": wire.PARTIAL_UPLOAD,
         }
         if digest is not None:
-            headers["Casd-Digest"] = digest
+            headers[wire.CASD_DIGEST] = digest
         status, body, _ = await self.request_json(
             "PATCH",
             URL(upload_url, encoded=True),
@@ -395,7 +398,7 @@ class Client:
             expect100=True,
             ok=(200, 201),  # 200: the upload was complete already (an answer lost before)
         )
-        return StoredBlob(body["digest"], body["size"], created=status == 201)
+        return stored(body, status)
 
     async def cancel_upload(self, upload: str) -> None:
         """Cancel an upload, given by its URL or its id; a journal forgets it."""
@@ -411,10 +414,11 @@ class Client:
         _, body, _ = await self.retrying(
             lambda: self.request_json("GET", self.endpoint("/v1/uploads"))
         )
-        listed: list[dict[str, Any]] = body["uploads"]
-        for upload in listed:
-            upload["url"] = str(self.endpoint(f"/v1/uploads/{upload['id']}"))
-        return listed
+        listed = [parsed(wire.UploadSummary, upload) for upload in body["uploads"]]
+        return [
+            upload.to_json() | {"url": str(self.endpoint(f"/v1/uploads/{upload.id}"))}
+            for upload in listed
+        ]
 
     # --- downloads ---
 
@@ -422,7 +426,7 @@ class Client:
         self, ref: str, path: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> StoredBlob:
         """Download a name or a digest to ``path``, verified."""
-        digest = ref if ref.startswith("blake3:") else (await self.resolve(ref)).digest
+        digest = ref if ref.startswith(DIGEST_PREFIX) else (await self.resolve(ref)).digest
         return await self.get_blob(digest, path, progress=progress)
 
     async def get_blob(
@@ -512,7 +516,7 @@ class Client:
         _, body, _ = await self.retrying(
             lambda: self.request_json("GET", self.name_endpoint("/v1/names/", name))
         )
-        return NameRecord.from_json(body)
+        return parsed(NameRecord, body)
 
     async def set_name(
         self,
@@ -528,7 +532,7 @@ class Client:
         ``extra["current"]`` is the record as it is now."""
         headers = {"If-None-Match": "*"} if create else {}
         if version is not None:
-            headers["If-Match"] = f'"{version}"'
+            headers["If-Match"] = wire.version_etag(version)
         payload: dict[str, Any] = {"digest": digest}
         if metadata is not None:
             payload["metadata"] = metadata
@@ -539,7 +543,7 @@ class Client:
             headers=headers,
             ok=(200, 201),
         )
-        return NameRecord.from_json(body)
+        return parsed(NameRecord, body)
 
     async def update_name(
         self,
@@ -559,7 +563,7 @@ class Client:
                 return await self.set_name(name, digest, version=current.version, metadata=metadata)
             except PreconditionFailed as error:
                 found = error.extra.get("current")
-                current = NameRecord.from_json(found) if found else None
+                current = parsed(NameRecord, found) if found else None
         raise PreconditionFailed(f"{name} kept changing; gave up after {attempts} attempts")
 
     async def tag(
@@ -572,7 +576,7 @@ class Client:
         await self.request_json(
             "DELETE",
             self.name_endpoint("/v1/names/", name),
-            headers={"If-Match": f'"{version}"'},
+            headers={"If-Match": wire.version_etag(version)},
             ok=(204,),
         )
 
@@ -621,9 +625,9 @@ class Client:
             f"{name} never pointed at another digest before version {current.version}"
         )
 
-    async def token_info(self) -> dict[str, Any] | None:
+    async def token_info(self) -> TokenInfo | None:
         """What the server says about our token (``GET /v1/token``): its ``write_prefixes``,
-        ``admin`` and whatever else it tells; None from a server that cannot say."""
+        ``admin`` and the rest; None from a server that cannot say."""
         try:
             _, body, _ = await self.retrying(
                 lambda: self.request_json("GET", self.endpoint("/v1/token"))
@@ -632,7 +636,7 @@ class Client:
             if error.status in (404, 405):
                 return None
             raise
-        return body if isinstance(body, dict) else None
+        return parsed(TokenInfo, body)
 
     async def _names_page(self, prefix: str, page: int, after: str | None) -> Any:
         params = {"prefix": prefix, "limit": str(page)} | ({"after": after} if after else {})
@@ -657,7 +661,7 @@ class Client:
                 "GET", self.name_endpoint("/v1/history/", name), params=params
             )
         )
-        return [HistoryEntry.from_json(entry) for entry in body["history"]]
+        return [parsed(HistoryEntry, entry) for entry in body["history"]]
 
     async def list_names(self, prefix: str = "", *, page: int = 100) -> AsyncIterator[NameRecord]:
         """Every name that starts with ``prefix``, in order, fetched a page at a time."""
@@ -665,7 +669,7 @@ class Client:
         while True:
             body = await self.retrying(functools.partial(self._names_page, prefix, page, after))
             for record in body["names"]:
-                yield NameRecord.from_json(record)
+                yield parsed(NameRecord, record)
             after = body.get("next")
             if not after:
                 return

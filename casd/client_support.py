@@ -18,26 +18,19 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import blake3
 
+from casd import errors, wire
 from casd.errors import (
     BlobNotFound,
     BlobQuarantined,
     CasdError,
-    DigestMismatch,
     Forbidden,
-    InsufficientStorage,
-    InvalidDigest,
-    InvalidName,
     InvalidRequest,
     MismatchingUploadOffset,
-    NameNotFound,
     PayloadTooLarge,
-    PreconditionFailed,
-    PreconditionRequired,
     Unauthorized,
     Unavailable,
-    UnknownBlob,
-    UploadNotFound,
 )
+from casd.wire import DIGEST_PREFIX
 
 T = TypeVar("T")
 CHUNK = 1024 * 1024
@@ -60,29 +53,7 @@ class TlsFailure(Unavailable):
     """TLS failed (a certificate, or https spoken to a plain HTTP port): never retried."""
 
 
-_ERRORS: dict[str, type[CasdError]] = {
-    error.code: error
-    for error in (
-        InvalidDigest,
-        DigestMismatch,
-        InvalidName,
-        InvalidRequest,
-        BlobNotFound,
-        BlobQuarantined,
-        UnknownBlob,
-        NameNotFound,
-        PreconditionRequired,
-        PreconditionFailed,
-        UploadNotFound,
-        MismatchingUploadOffset,
-        PayloadTooLarge,
-        InsufficientStorage,
-        Unauthorized,
-        Forbidden,
-        Unavailable,
-    )
-}
-_PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code"}
+_BY_CODE: dict[str, type[CasdError]] = {}
 _STATUS_ERRORS: dict[int, type[CasdError]] = {
     401: Unauthorized,
     403: Forbidden,
@@ -101,42 +72,27 @@ class StoredBlob:
     created: bool = False  # newly stored by this call
 
 
-@dataclass(frozen=True)
-class NameRecord:
-    name: str
-    digest: str
-    size: int
-    version: int
-    metadata: dict[str, Any]
-    healthy: bool
-    updated_at: str
-    updated_by: str
+class UnexpectedAnswer(CasdError):
+    """The server's answer is not what the API defines (a member it must have is missing)."""
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> NameRecord:
-        return cls(**{field: body[field] for field in cls.__dataclass_fields__})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+    code, title = "unexpected-answer", "Unexpected answer"
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
-    version: int
-    action: str
-    digest: str | None
-    previous_digest: str | None
-    metadata: dict[str, Any] | None
-    actor: str
-    at: str
+ShapeT = TypeVar("ShapeT", bound=wire.Shape)
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> HistoryEntry:
-        values: dict[str, Any] = {field: body.get(field) for field in cls.__dataclass_fields__}
-        return cls(**values)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+def parsed(shape: type[ShapeT], body: Any) -> ShapeT:
+    """``body`` as a record of the API; members it does not know are ignored."""
+    try:
+        return shape.from_json(body)
+    except wire.WireError as error:
+        raise UnexpectedAnswer(str(error)) from error
+
+
+def stored(body: Any, status: int) -> StoredBlob:
+    """The blob of a ``201`` (newly stored) or ``200`` answer of an upload."""
+    blob = parsed(wire.Blob, body)
+    return StoredBlob(blob.digest, blob.size, created=status == 201)
 
 
 @dataclass(frozen=True)
@@ -150,6 +106,20 @@ class Retry:
     def delay(self, failures: int) -> float:
         ceiling = min(self.max_delay, self.first_delay * 2.0 ** (failures - 1))
         return ceiling * random.uniform(0.5, 1.0)
+
+
+def error_class(code: str) -> type[CasdError]:
+    """The error class of a problem's code (:class:`CasdError` for a code it does not know: a
+    newer server's), found among the classes of :mod:`casd.errors` that declare a code of the
+    wire table, so that the client's reading of a code is the server's."""
+    if not _BY_CODE:
+        pending: list[type[CasdError]] = [CasdError]
+        while pending:
+            kind = pending.pop()
+            pending += kind.__subclasses__()
+            if kind.__module__ == errors.__name__ and "code" in kind.__dict__:
+                _BY_CODE.setdefault(kind.code, kind)
+    return _BY_CODE.get(code, CasdError)
 
 
 def error_from_problem(
@@ -166,10 +136,9 @@ def error_from_problem(
             kind = Unavailable
         error = kind(f"HTTP {status} {text}".strip(), headers=headers)
     else:
-        kind = _ERRORS.get(body["code"], CasdError)
-        if kind in (CasdError, InvalidRequest) and status in RETRYABLE_4XX:
-            kind = Unavailable
-        extra = {key: value for key, value in body.items() if key not in _PROBLEM_MEMBERS}
+        # 408 and 429 (request-timeout, too-many-uploads) may succeed later: retried.
+        kind = Unavailable if status in RETRYABLE_4XX else error_class(body["code"])
+        extra = {key: value for key, value in body.items() if key not in wire.PROBLEM_MEMBERS}
         error = kind(str(body.get("detail") or ""), headers=headers, **extra)
         error.code = body["code"]
     error.status = status
@@ -204,7 +173,7 @@ async def local(function: Callable[..., T], *args: Any) -> T:
 
 def retry_after(error: CasdError) -> float | None:
     """The seconds a ``Retry-After`` header asks for (capped), None without one."""
-    raw = error.headers.get("Retry-After", "").strip()
+    raw = error.headers.get(wire.RETRY_AFTER, "").strip()
     return min(float(raw), MAX_RETRY_AFTER) if raw.isdigit() else None
 
 
@@ -219,7 +188,7 @@ def hash_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
             size += len(chunk)
             if progress:
                 progress(size, max(total, size))
-    return "blake3:" + hasher.hexdigest(), size
+    return DIGEST_PREFIX + hasher.hexdigest(), size
 
 
 def hash_stream(stream: IO[bytes]) -> tuple[str, int]:
@@ -229,7 +198,7 @@ def hash_stream(stream: IO[bytes]) -> tuple[str, int]:
     while chunk := stream.read(16 * CHUNK):
         hasher.update(chunk)
         size += len(chunk)
-    return "blake3:" + hasher.hexdigest(), size
+    return DIGEST_PREFIX + hasher.hexdigest(), size
 
 
 class Throttle:
@@ -305,7 +274,7 @@ async def buffers(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 
 def offset_header(error: CasdError) -> int | None:
-    raw = error.headers.get("Upload-Offset", "")
+    raw = error.headers.get(wire.UPLOAD_OFFSET, "")
     return int(raw) if raw.isdigit() else None
 
 
@@ -374,4 +343,4 @@ class Download:
 
     @property
     def digest(self) -> str:
-        return "blake3:" + self.hasher.hexdigest()
+        return DIGEST_PREFIX + self.hasher.hexdigest()

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 
 import blake3
 
 from casd.errors import InvalidDigest
-
-ALGORITHM = "blake3"
-_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+from casd.wire import DIGEST_ALGORITHM as ALGORITHM
+from casd.wire import DIGEST_PREFIX, is_digest
 
 
 def parse_digest(text: str) -> str:
     """Return ``text`` if it is a well-formed digest, else raise :class:`InvalidDigest`."""
-    if not _DIGEST.fullmatch(text):
+    if not is_digest(text):
         raise InvalidDigest(f"{text[:100]!r} is not 'blake3:' followed by 64 lowercase hex digits")
     return text
 
@@ -36,11 +34,11 @@ def new_hasher() -> blake3.blake3:
 
 
 def format_digest(hasher: blake3.blake3) -> str:
-    return f"{ALGORITHM}:{hasher.hexdigest()}"
+    return DIGEST_PREFIX + hasher.hexdigest()
 
 
 def digest_of(data: bytes) -> str:
-    return f"{ALGORITHM}:{blake3.blake3(data).hexdigest()}"
+    return DIGEST_PREFIX + blake3.blake3(data).hexdigest()
 
 
 def lock_key(digest: str) -> int:

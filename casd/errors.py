@@ -1,13 +1,16 @@
 """Typed errors of casd.
 
 Every error a client can see is a subclass of :class:`CasdError`; its ``code`` is the
-problem+json slug of the API contract and its docstring the default message. The HTTP
-layer maps them to responses in exactly one middleware.
+problem+json slug of the API contract, whose HTTP status and title come from the one table in
+:mod:`casd.wire` (so the server and the client cannot disagree), and its docstring the default
+message. The HTTP layer maps them to responses in exactly one middleware.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from casd.wire import PROBLEMS
 
 
 class CasdError(Exception):
@@ -16,6 +19,12 @@ class CasdError(Exception):
     status: int = 500
     code: str = "internal-error"
     title: str = "Internal Server Error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class naming a code of the contract answers with that code's status and title.
+        if "code" in cls.__dict__ and cls.code in PROBLEMS:
+            cls.status, cls.title = PROBLEMS[cls.code]
 
     def __init__(
         self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
@@ -29,25 +38,25 @@ class CasdError(Exception):
 class InvalidDigest(CasdError):
     """A digest is 'blake3:' followed by 64 lowercase hex characters."""
 
-    status, code, title = 400, "invalid-digest", "Invalid digest"
+    code = "invalid-digest"
 
 
 class DigestMismatch(CasdError):
     """The bytes do not hash to the expected digest; nothing was stored."""
 
-    status, code, title = 400, "digest-mismatch", "Digest mismatch"
+    code = "digest-mismatch"
 
 
 class InvalidName(CasdError):
     """Invalid name."""
 
-    status, code, title = 400, "invalid-name", "Invalid name"
+    code = "invalid-name"
 
 
 class InvalidRequest(CasdError):
     """The request is malformed."""
 
-    status, code, title = 400, "invalid-request", "Invalid request"
+    code = "invalid-request"
 
 
 class RouteNotFound(InvalidRequest):
@@ -71,67 +80,67 @@ class ExpectationFailed(InvalidRequest):
 class BlobNotFound(CasdError):
     """No blob with this digest is stored."""
 
-    status, code, title = 404, "blob-not-found", "Blob not found"
+    code = "blob-not-found"
 
 
 class BlobQuarantined(CasdError):
     """The stored bytes of this blob were found corrupt; it is quarantined."""
 
-    status, code, title = 410, "blob-quarantined", "Blob quarantined"
+    code = "blob-quarantined"
 
 
 class UnknownBlob(CasdError):
     """The digest does not name a stored, healthy blob."""
 
-    status, code, title = 422, "unknown-blob", "Unknown blob"
+    code = "unknown-blob"
 
 
 class NameNotFound(CasdError):
     """No such name."""
 
-    status, code, title = 404, "name-not-found", "Name not found"
+    code = "name-not-found"
 
 
 class PreconditionRequired(CasdError):
     """This request needs 'If-None-Match: *' or 'If-Match: "<version>"'."""
 
-    status, code, title = 428, "precondition-required", "Precondition required"
+    code = "precondition-required"
 
 
 class PreconditionFailed(CasdError):
     """The precondition was not met."""
 
-    status, code, title = 412, "precondition-failed", "Precondition failed"
+    code = "precondition-failed"
 
 
 class UploadNotFound(CasdError):
     """No such upload."""
 
-    status, code, title = 404, "upload-not-found", "Upload not found"
+    code = "upload-not-found"
 
 
 class MismatchingUploadOffset(CasdError):
     """Upload-Offset does not match the server's offset."""
 
-    status, code, title = 409, "mismatching-upload-offset", "Mismatching upload offset"
+    code = "mismatching-upload-offset"
 
 
 class PayloadTooLarge(CasdError):
     """The body is larger than this server accepts."""
 
-    status, code, title = 413, "payload-too-large", "Payload too large"
+    code = "payload-too-large"
 
 
 class InsufficientStorage(CasdError):
     """The blob store is out of space; nothing was stored."""
 
-    status, code, title = 507, "insufficient-storage", "Insufficient storage"
+    code = "insufficient-storage"
 
 
 class Unauthorized(CasdError):
     """A valid bearer token is needed."""
 
-    status, code, title = 401, "unauthorized", "Unauthorized"
+    code = "unauthorized"
 
     def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
@@ -142,61 +151,61 @@ class Unauthorized(CasdError):
 class Forbidden(CasdError):
     """The token may not write here."""
 
-    status, code, title = 403, "forbidden", "Forbidden"
+    code = "forbidden"
 
 
 class QuotaExceeded(PayloadTooLarge):
     """The upload would take the token past its byte budget; nothing was stored."""
 
-    status, code, title = 413, "quota-exceeded", "Quota exceeded"
+    code = "quota-exceeded"
 
 
 class NamespaceQuotaExceeded(CasdError):
     """The names under a prefix would reference more bytes than its quota allows."""
 
-    status, code, title = 409, "namespace-quota-exceeded", "Namespace quota exceeded"
+    code = "namespace-quota-exceeded"
 
 
 class ProtectedName(Forbidden):
     """Names under a protected prefix can be deleted only by an admin token."""
 
-    status, code, title = 403, "protected-name", "Protected name"
+    code = "protected-name"
 
 
 class ImmutableName(Forbidden):
     """Names under an immutable prefix are created once and never changed."""
 
-    status, code, title = 403, "immutable-name", "Immutable name"
+    code = "immutable-name"
 
 
 class TokenNotFound(CasdError):
     """No such token (or none this token may see)."""
 
-    status, code, title = 404, "token-not-found", "Token not found"
+    code = "token-not-found"
 
 
 class PolicyNotFound(CasdError):
     """No policy for this prefix."""
 
-    status, code, title = 404, "policy-not-found", "Policy not found"
+    code = "policy-not-found"
 
 
 class Unavailable(CasdError):
     """A backing service (database or blob store) is not answering."""
 
-    status, code, title = 503, "unavailable", "Service unavailable"
+    code = "unavailable"
 
 
 class RequestTimeout(CasdError):
     """The request body stalled: no byte arrived for too long."""
 
-    status, code, title = 408, "request-timeout", "Request Timeout"
+    code = "request-timeout"
 
 
 class UnsupportedEncoding(CasdError):
     """Bodies are stored as sent: only 'Content-Encoding: identity' is accepted."""
 
-    status, code, title = 415, "unsupported-content-encoding", "Unsupported Media Type"
+    code = "unsupported-content-encoding"
 
     def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
@@ -207,7 +216,7 @@ class UnsupportedEncoding(CasdError):
 class TooManyUploads(CasdError):
     """This token has as many uploads in progress as this server allows; retry later."""
 
-    status, code, title = 429, "too-many-uploads", "Too Many Requests"
+    code = "too-many-uploads"
 
     def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import blake3
 
+from casd import wire
 from casd.database import Database, Queries
 from casd.digests import lock_key, parse_digest
 from casd.errors import (
@@ -26,6 +27,7 @@ from casd.errors import (
     PreconditionFailed,
     UnknownBlob,
 )
+from casd.wire import iso_utc as iso_utc  # how the API writes a moment
 
 NAME_MAX_BYTES = 512
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+@-]*"
@@ -97,11 +99,6 @@ def _check_storable_text(text: str) -> None:
         raise InvalidRequest("metadata text must be valid Unicode (no lone surrogates)") from error
 
 
-def iso_utc(moment: datetime) -> str:
-    """``2024-05-01T12:00:00.123456Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class NameRecord:
     """What a name points at now."""
@@ -121,16 +118,7 @@ class NameRecord:
         return cls(**values, **overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "digest": self.digest,
-            "size": self.size,
-            "version": self.version,
-            "metadata": self.metadata,
-            "healthy": self.healthy,
-            "updated_at": iso_utc(self.updated_at),
-            "updated_by": self.updated_by,
-        }
+        return wire.NameRecord.of(self).to_json()
 
 
 @dataclass(frozen=True)
@@ -151,20 +139,14 @@ class HistoryEntry:
     def from_row(cls, row: Any) -> HistoryEntry:
         return cls(**dict(row))
 
+    @property
+    def source(self) -> dict[str, Any] | None:
+        if self.source_name is None:
+            return None
+        return {"name": self.source_name, "version": self.source_version}
+
     def as_dict(self) -> dict[str, Any]:
-        source = None
-        if self.source_name is not None:
-            source = {"name": self.source_name, "version": self.source_version}
-        return {
-            "version": self.version,
-            "action": self.action,
-            "digest": self.digest,
-            "previous_digest": self.previous_digest,
-            "metadata": self.metadata,
-            "actor": self.actor,
-            "at": iso_utc(self.at),
-            "source": source,
-        }
+        return wire.HistoryEntry.of(self).to_json()
 
 
 @dataclass(frozen=True)

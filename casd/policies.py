@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from casd import wire
 from casd.database import Database, Queries
 from casd.errors import (
     ImmutableName,
@@ -22,7 +23,7 @@ from casd.errors import (
     PolicyNotFound,
     ProtectedName,
 )
-from casd.names import NameRecord, iso_utc, validate_name
+from casd.names import NameRecord, validate_name
 
 # What a policy body may set, and the Python type of each.
 # Retention subtracts delete_after from the clock in PostgreSQL: far more than this is out of
@@ -87,17 +88,7 @@ class Policy:
         return cls(valid_policy_prefix(prefix), **values)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "prefix": self.prefix,
-            "protected": self.protected,
-            "immutable": self.immutable,
-            "quota_bytes": self.quota_bytes,
-            "used_bytes": self.used_bytes,
-            "delete_after": self.delete_after,
-            "keep_versions": self.keep_versions,
-            "updated_at": None if self.updated_at is None else iso_utc(self.updated_at),
-            "updated_by": self.updated_by,
-        }
+        return wire.PolicyRecord.of(self).to_json()
 
     @property
     def retention_actor(self) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 import blake3
 
+from casd import wire
 from casd.auth import Token
 from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService, Charge
 from casd.blobstore import BlobStore, StagedBlob
@@ -92,7 +92,7 @@ class UploadSummary:
     idle: float  # seconds since its last request; it expires after the upload TTL
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return wire.UploadSummary.of(self).to_json()
 
 
 @dataclass(frozen=True)

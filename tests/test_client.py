@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import blake3
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from casd import wire
 from casd.client import Client, NameRecord, Retry
 from casd.errors import (
     BlobNotFound,
@@ -312,3 +314,74 @@ async def test_resume_goes_on_after_a_broken_body_answer(tmp_path: Path) -> None
     assert (blob.digest, blob.size) == (digest_of(data), len(data))
     assert fake.patches == [0, 50_000]
     assert bytes(fake.received) == data
+
+
+class ReplayServer:
+    """A real HTTP server on loopback that answers with the JSON it is given, by path: the
+    records of a real casd, with members a newer server would add or an older one would lack."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self.answer)
+        return app
+
+    async def answer(self, request: web.Request) -> web.Response:
+        return web.json_response(self.answers[request.path])
+
+
+async def test_records_of_a_real_server_parse_with_members_added_or_missing(
+    module_server: CasdServer, client: Client, http: aiohttp.ClientSession
+) -> None:
+    first, second = await client.put_bytes(b"wire one"), await client.put_bytes(b"wire two")
+    await client.set_name("client-wire/a", first.digest, create=True, metadata={"k": "v"})
+    await client.set_name("client-wire/a", second.digest, version=1)
+    await client.start_upload(size=10)
+    paths = ["/v1/names/client-wire/a", "/v1/history/client-wire/a", "/v1/token", "/v1/uploads"]
+    answers: dict[str, Any] = {}
+    for path in [*paths, "/v1/names"]:
+        query = {"prefix": "client-wire/"} if path == "/v1/names" else None
+        async with http.get(
+            module_server.url + path, params=query, headers=module_server.admin_headers
+        ) as response:
+            answers[path] = await response.json()
+    record, entries = answers[paths[0]], answers[paths[1]]["history"]
+    # The wire shapes know every member the server writes.
+    assert wire.NameRecord.from_json(record).to_json() == record
+    assert [wire.HistoryEntry.from_json(entry).to_json() for entry in entries] == entries
+    assert wire.TokenInfo.from_json(answers["/v1/token"]).to_json() == answers["/v1/token"]
+    listed = answers["/v1/uploads"]["uploads"]
+    assert [wire.UploadSummary.from_json(upload).to_json() for upload in listed] == listed
+
+    newer = {"labels": ["x"], "owner": {"team": "ci"}}
+    older_record = {key: record[key] for key in ("name", "digest", "size", "version")}
+    answers[paths[0]] = record | newer
+    answers[paths[1]]["history"] = [
+        {key: value for key, value in entry.items() if key != "source"} | newer for entry in entries
+    ]
+    answers["/v1/names"] = {"names": [older_record | newer], "next": None}
+    token = answers["/v1/token"]
+    answers["/v1/token"] = {key: token[key] for key in ("id", "write_prefixes")} | newer
+    answers["/v1/uploads"] = {"uploads": [{"id": u["id"], "offset": 0} for u in listed]}
+    async with (
+        TestServer(ReplayServer(answers).app(), host="127.0.0.1") as replay,
+        Client(str(replay.make_url(""))) as casd,
+    ):
+        assert (await casd.resolve("client-wire/a")).as_dict() == record
+        history = await casd.history("client-wire/a")
+        assert [(e.version, e.digest, e.source) for e in history] == [
+            (2, second.digest, None),
+            (1, first.digest, None),
+        ]
+        found = [found async for found in casd.list_names("client-wire/")]
+        assert [(r.name, r.version, r.healthy, r.metadata) for r in found] == [
+            ("client-wire/a", 2, True, {})
+        ]
+        info = await casd.token_info()
+        assert info is not None and (info.id, info.admin, info.rights) == (token["id"], False, [])
+        uploads = await casd.uploads()
+        assert [(u["id"], u["length"], u["digest"]) for u in uploads] == [
+            (u["id"], None, None) for u in listed
+        ]

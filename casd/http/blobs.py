@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from casd import metrics
+from casd import metrics, wire
 from casd.auth import require_upload
 from casd.blobs import Blob, BlobInfo, Charge
 from casd.digests import parse_digest
@@ -62,7 +62,7 @@ def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 def stored_response(blob: Blob, created: bool) -> web.Response:
     location = f"/v1/blobs/{blob.digest}"
     return web.json_response(
-        {"digest": blob.digest, "size": blob.size},
+        wire.Blob.of(blob).to_json(),
         status=201 if created else 200,
         headers={"Location": location},
     )
