@@ -22,8 +22,9 @@ class CasdError(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A class naming a code of the contract answers with that code's status and title.
-        if "code" in cls.__dict__ and cls.code in PROBLEMS:
+        # A class naming a code of the contract answers with that code's status and title
+        # (unless it is a variant with a status of its own, like a 416 invalid-request).
+        if "code" in cls.__dict__ and "status" not in cls.__dict__ and cls.code in PROBLEMS:
             cls.status, cls.title = PROBLEMS[cls.code]
 
     def __init__(
