@@ -143,3 +143,10 @@ def test_prefix_covers_at_segment_boundaries() -> None:
     assert wire.prefix_covers("investigate/5555252", "investigate/5555252/x.qcow2")
     assert wire.prefix_covers("investigate/5555252/", "investigate/5555252")
     assert not wire.prefix_covers("investigate/5555252", "investigate/55552520/x")
+
+
+def test_variants_of_a_code_keep_their_own_status() -> None:
+    from casd.http.ranges import RangeNotSatisfiable
+
+    assert (RangeNotSatisfiable.status, RangeNotSatisfiable.code) == (416, "invalid-request")
+    assert (errors.RouteNotFound.status, errors.RouteNotFound.code) == (404, "invalid-request")
