@@ -20,6 +20,9 @@ from casd.exit_codes import Exit, exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# An administrative command waits this long for PostgreSQL (a scrub's statements may be long).
+COMMAND_WAIT_LIMIT = 60.0
+
 
 class Failure(click.ClickException):
     """A one-line message on stderr and the exit status of :mod:`casd.exit_codes`."""
@@ -109,6 +112,21 @@ def with_database(settings: Settings, work: Callable[[str], Coroutine[Any, Any, 
         return run_async(work(url))
 
 
+def with_core(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``work(core)`` on the server's database (migrated first) and data directory."""
+    from casd.core import open_core
+    from casd.database import migrate
+
+    async def run(url: str) -> Any:
+        await migrate(url)
+        async with open_core(
+            settings, url, pool_size=2, wait_limit=COMMAND_WAIT_LIMIT, listen=False
+        ) as core:
+            return await work(core)
+
+    return with_database(settings, run)
+
+
 @main.command()
 @every_setting
 def serve(**options: Any) -> None:
@@ -147,18 +165,8 @@ def token() -> None:
 
 
 def with_tokens(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    from casd.auth import TokenStore
-    from casd.database import Database, migrate
-
-    async def run(url: str) -> Any:
-        await migrate(url)
-        db = await Database.connect(url, max_size=2)
-        try:
-            return await work(TokenStore(db))
-        finally:
-            await db.close()
-
-    return with_database(settings, run)
+    """Run ``work(token_store)`` on the server's database."""
+    return with_core(settings, lambda core: work(core.tokens))
 
 
 def local(options: dict[str, Any]) -> bool:
@@ -246,20 +254,7 @@ def token_revoke(token_id: int, **options: Any) -> None:
 
 def with_blobs(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``work(blob_service)`` on the server's database and data directory."""
-    from casd.blobs import BlobService
-    from casd.blobstore import LocalBlobStore
-    from casd.database import Database, migrate
-
-    async def run(url: str) -> Any:
-        await migrate(url)
-        db = await Database.connect(url, max_size=2)
-        store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
-        try:
-            return await work(BlobService(db, store))
-        finally:
-            await db.close()
-
-    return with_database(settings, run)
+    return with_core(settings, lambda core: work(core.blobs))
 
 
 @main.command()

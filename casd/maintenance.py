@@ -18,6 +18,7 @@ from typing import Any
 
 from casd.blobs import BlobService
 from casd.config import Settings
+from casd.core import Core
 from casd.database import Database, Queries
 from casd.retention import apply_retention
 from casd.scrub import MB, Scrubber
@@ -117,4 +118,16 @@ async def periodic_retention(db: Database, settings: Settings) -> AsyncIterator[
     assert settings.retention_interval is not None
     work = retention_periodically(db, settings.retention_interval)
     async with in_background(work, "casd-periodic-retention"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def periodic_maintenance(core: Core) -> AsyncIterator[None]:
+    """The periodic scrub and retention that the settings ask for, while the context lasts."""
+    settings = core.settings
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.scrub_interval:
+            await stack.enter_async_context(periodic_scrub(core.blobs, settings))
+        if settings.retention_interval:
+            await stack.enter_async_context(periodic_retention(core.db, settings))
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -17,20 +18,21 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from casd import metrics
-from casd.auth import TokenStore
-from casd.blobs import BlobService
-from casd.blobstore import LocalBlobStore
 from casd.config import Settings
-from casd.database import Database, migrate
+from casd.core import Core, open_core
+from casd.database import migrate
 from casd.embedded import EmbeddedPostgres
 from casd.errors import CasdError
 from casd.http.accesslog import AccessLogger
 from casd.http.app import create_app
 from casd.logs import configure_logging
+from casd.maintenance import periodic_maintenance
 from casd.supervisor import Supervisor, set_title
-from casd.uploads import UploadService
 
 log = logging.getLogger(__name__)
+
+# Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
+IO_THREADS = 64
 
 
 @contextlib.contextmanager
@@ -49,15 +51,10 @@ async def bootstrap(settings: Settings, database_url: str) -> None:
     applied = await migrate(database_url)
     if applied:
         log.info("applied migrations %s", applied)
-    store = LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
-    db = await Database.connect(database_url, max_size=2)
-    try:
-        blobs = BlobService(db, store, settings.max_blob_size)
-        await UploadService(db, store, blobs, settings.upload_ttl).recover_after_crash()
-        await store.cleanup_stale_staging()  # before any worker: no staging file is in use
-        secret = await TokenStore(db).create_admin_if_first()
-    finally:
-        await db.close()
+    async with open_core(settings, database_url, pool_size=2, listen=False) as core:
+        await core.uploads.recover_after_crash()
+        await core.store.cleanup_stale_staging()  # before any worker: no staging file is in use
+        secret = await core.tokens.create_admin_if_first()
     if secret is not None:
         write_admin_token(settings, secret)
 
@@ -136,21 +133,28 @@ def run_worker(
 
 
 async def serve_http(settings: Settings, database_url: str, ready: Callable[[], None]) -> None:
-    """Start the application, bind the port (shared by all workers), serve until told to stop,
-    then let requests in flight finish (up to aiohttp's shutdown timeout)."""
+    """Open the core and the periodic maintenance, then serve until told to stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(IO_THREADS, "casd-io"))
+    async with open_core(settings, database_url) as core, periodic_maintenance(core):
+        await serve_app(core, stop, ready)
+
+
+async def serve_app(core: Core, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+    """Bind the port (shared by all workers), serve until ``stop``, then let requests in
+    flight finish (up to aiohttp's shutdown timeout)."""
     runner = web.AppRunner(
-        create_app(settings, database_url),
+        create_app(core),
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("casd.access"),
     )
     await runner.setup()
     try:
-        host, port = settings.host_port
+        host, port = core.settings.host_port
         await web.TCPSite(runner, host, port, reuse_port=True).start()
         ready()
         await stop.wait()

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from casd.blobs import BlobService
-from casd.blobstore import LocalBlobStore
-from casd.database import Database
+from casd.config import Settings
+from casd.core import open_core
 from tests.conftest import CasdServer
 from tests.helpers import blob_path, digest_of
 
@@ -85,13 +85,9 @@ async def full_get(http: aiohttp.ClientSession, url: str) -> tuple[int | None, b
 async def blob_service(server: CasdServer) -> AsyncIterator[BlobService]:
     """The blob service of a test server's database and data directory, in this process."""
     assert server.database_url is not None
-    db = await Database.connect(server.database_url, max_size=4)
-    data = server.data_dir
-    store = LocalBlobStore(data / "blobs", data / "staging", data / "quarantine")
-    try:
-        yield BlobService(db, store)
-    finally:
-        await db.close()
+    settings = Settings(data_dir=server.data_dir)
+    async with open_core(settings, server.database_url, pool_size=4, listen=False) as core:
+        yield core.blobs
 
 
 def run_json(server: CasdServer, *args: str, env: dict[str, str] | None = None) -> Any:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from openapi_spec_validator import validate
 
-from casd.config import Settings
-from casd.http.app import create_app
+from casd.http.app import setup_routes
 from casd.http.openapi import description
 from tests.conftest import CasdServer
 from tests.helpers import problem_of
@@ -50,7 +50,8 @@ def described_routes() -> set[tuple[str, str]]:
 
 def served_routes() -> set[tuple[str, str]]:
     """(method, path) of every API route, less the HEADs aiohttp adds to each GET."""
-    app = create_app(Settings(), "postgresql://unused")
+    app = web.Application()
+    setup_routes(app)
     handlers = {}
     for route in app.router.routes():
         canonical = route.resource.canonical if route.resource else ""

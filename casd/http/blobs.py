@@ -14,7 +14,7 @@ from casd.blobs import Blob, BlobInfo, Charge
 from casd.digests import parse_digest
 from casd.errors import CasdError, ExpectationFailed, InvalidRequest
 from casd.http.bodies import watched_chunks
-from casd.http.context import request_token, require_blob_reader, services
+from casd.http.context import core_of, request_token, require_blob_reader
 from casd.http.ranges import parse_range
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def content_length(request: web.Request) -> int | None:
 def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body in the pieces that arrived; it ends with ``BodyStalled`` (408) when
     no byte arrives for ``CASD_BODY_TIMEOUT``."""
-    return watched_chunks(request.content, services(request).settings.body_timeout)
+    return watched_chunks(request.content, core_of(request).settings.body_timeout)
 
 
 def stored_response(blob: Blob, created: bool) -> web.Response:
@@ -71,18 +71,18 @@ def stored_response(blob: Blob, created: bool) -> web.Response:
 async def upload_charge(request: web.Request) -> Charge:
     """The budget of the uploading token (401/403 for callers who may not upload)."""
     token = require_upload(await request_token(request))
-    return await services(request).tokens.charge_for(token)
+    return await core_of(request).tokens.charge_for(token)
 
 
 async def put_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     charge = await upload_charge(request)
-    with services(request).upload_slots.hold(charge.token_id):
+    with core_of(request).upload_slots.hold(charge.token_id):
         return await _put_blob(request, digest, charge)
 
 
 async def _put_blob(request: web.Request, digest: str, charge: Charge) -> web.StreamResponse:
-    blobs = services(request).blobs
+    blobs = core_of(request).blobs
     size = content_length(request)
     blobs.check_announced_size(size)
     if request.headers.get("Expect"):
@@ -102,11 +102,11 @@ async def _put_blob(request: web.Request, digest: str, charge: Charge) -> web.St
 
 async def post_blob(request: web.Request) -> web.StreamResponse:
     charge = await upload_charge(request)
-    blobs = services(request).blobs
+    blobs = core_of(request).blobs
     size = content_length(request)
     blobs.check_announced_size(size)
     charge.check(size)
-    with services(request).upload_slots.hold(charge.token_id):
+    with core_of(request).upload_slots.hold(charge.token_id):
         await send_continue(request)
         blob, created = await blobs.ingest(body_chunks(request), None, size, charge)
     return stored_response(blob, created)
@@ -146,7 +146,7 @@ async def serve_blob(
 ) -> web.StreamResponse:
     """Answer a GET or HEAD with a blob: verified full GET, ``Range``, ``If-None-Match``.
     ``headers`` are added to (or replace) the blob's own, for every answer but an error."""
-    blobs = services(request).blobs
+    blobs = core_of(request).blobs
     info = await blobs.readable(digest)
     extra = headers or {}
     if etag_matches(request, digest):
@@ -160,7 +160,7 @@ async def serve_blob(
         response.content_length = info.size
         chunks = (
             blobs.read_verified(info)
-            if services(request).settings.verify_reads
+            if core_of(request).settings.verify_reads
             else (blobs.read_range(info, 0, info.size))
         )
     else:

@@ -1,16 +1,13 @@
-"""Request bodies as streams of chunks, ended when they stall, and the per-process cap on the
-uploads one token may have in progress."""
+"""Request bodies as streams of chunks, ended when they stall."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader
 
-from casd.errors import BodyStalled, TooManyUploads
+from casd.errors import BodyStalled
 
 
 class IdleWatch:
@@ -74,31 +71,3 @@ async def watched_chunks(content: StreamReader, idle: float) -> AsyncIterator[by
             yield chunk
     finally:
         watch.close()
-
-
-class UploadSlots:
-    """How many uploads each token has in progress in this process, at most ``per_token``.
-
-    The scope is one worker process, on purpose: what the cap protects (memory, file
-    descriptors, the event loop) is the process's own. With N workers a token may have up to
-    N times as many uploads in progress on one server.
-    """
-
-    def __init__(self, per_token: int) -> None:
-        self.per_token = per_token
-        self._counts: collections.Counter[int] = collections.Counter()
-
-    @contextlib.contextmanager
-    def hold(self, token_id: int) -> Iterator[None]:
-        if self._counts[token_id] >= self.per_token:
-            raise TooManyUploads(
-                f"this token has {self.per_token} uploads in progress in this server process,"
-                " as many as it may; retry when one has finished"
-            )
-        self._counts[token_id] += 1
-        try:
-            yield
-        finally:
-            self._counts[token_id] -= 1
-            if not self._counts[token_id]:
-                del self._counts[token_id]

@@ -1,35 +1,18 @@
-"""What handlers reach through the application: the services of this process."""
+"""What handlers reach through the application: the core of this process, the caller's token."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiohttp import web
 
-from casd.auth import Token, TokenStore, parse_bearer, prefix_covers
-from casd.blobs import BlobService
-from casd.blobstore import BlobStore
-from casd.config import Settings
-from casd.database import Database
+from casd.auth import Token, parse_bearer, prefix_covers
+from casd.core import Core
 from casd.errors import Forbidden, Unauthorized
-from casd.http.bodies import UploadSlots
+
+CORE = web.AppKey("core", Core)
 
 
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    store: BlobStore
-    blobs: BlobService
-    tokens: TokenStore
-    upload_slots: UploadSlots
-
-
-SERVICES = web.AppKey("services", Services)
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
+def core_of(request: web.Request) -> Core:
+    return request.app[CORE]
 
 
 async def request_token(request: web.Request) -> Token | None:
@@ -40,7 +23,7 @@ async def request_token(request: web.Request) -> Token | None:
     secret = parse_bearer(request.headers.get("Authorization"))
     if secret is None:
         return None
-    token = await services(request).tokens.authenticate(secret)
+    token = await core_of(request).tokens.authenticate(secret)
     request["token"] = token
     return token
 
@@ -55,7 +38,7 @@ async def require_reader(request: web.Request, name: str | None = None) -> None:
 
 async def read_scope(request: web.Request) -> tuple[str, ...] | None:
     """The prefixes the caller may read; None for every name."""
-    if not services(request).settings.private:
+    if not core_of(request).settings.private:
         return None
     token = await request_token(request)
     if token is None:
@@ -72,5 +55,5 @@ async def require_blob_reader(request: web.Request, digest: str, *, head: bool) 
     token = await request_token(request)
     if head and token is not None and token.may_upload:
         return
-    if not await services(request).db.fetchval("readable_name_for_digest", digest, list(scope)):
+    if not await core_of(request).db.fetchval("readable_name_for_digest", digest, list(scope)):
         raise Forbidden("no name this token may read points at this blob")

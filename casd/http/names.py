@@ -19,7 +19,7 @@ from casd.errors import (
     PreconditionRequired,
 )
 from casd.http.blobs import body_chunks, serve_blob
-from casd.http.context import read_scope, request_token, require_reader, services
+from casd.http.context import core_of, read_scope, request_token, require_reader
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
 
 # A name's body is a digest and a little metadata; nothing legitimate comes near this.
@@ -47,7 +47,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 def names_of(request: web.Request) -> NameService:
-    return NameService(services(request).db)
+    return core_of(request).names
 
 
 def etag(version: int) -> str:

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from casd import metrics
 from casd.errors import Unavailable
-from casd.http.context import services
+from casd.http.context import core_of
 
 
 def setup_routes(app: web.Application) -> None:
@@ -26,7 +26,7 @@ STORE_FULL = "full: uploads are refused (507), reads still work"
 async def readyz(request: web.Request) -> web.Response:
     """200 when the database answers and the blob store accepts writes; else 503 with what
     is wrong in ``checks`` (``state`` "degraded" when only the store's disk is full)."""
-    context = services(request)
+    context = core_of(request)
     checks = {"database": "ok", "blob_store": "ok"}
     try:
         await context.db.ping()
@@ -46,7 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    context = services(request)
+    context = core_of(request)
     settings = context.settings
     staging = {"staging": settings.staging_dir, "uploads": settings.uploads_dir}
     body = await metrics.render(context.db, staging)

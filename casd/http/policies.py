@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from casd.auth import require_admin
-from casd.http.context import read_scope, request_token, services
+from casd.http.context import core_of, read_scope, request_token
 from casd.http.names import read_json
 from casd.policies import Policy, PolicyService
 
@@ -19,7 +19,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 def policies_of(request: web.Request) -> PolicyService:
-    return PolicyService(services(request).db)
+    return core_of(request).policies
 
 
 async def list_policies(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from aiohttp import web
 from casd.auth import TokenSpec, require_token
 from casd.config import parse_duration
 from casd.errors import InvalidRequest
-from casd.http.context import request_token, services
+from casd.http.context import core_of, request_token
 from casd.http.names import read_json
 
 _SPEC_MEMBERS = {"label", "write_prefixes", "read_prefixes", "rights", "expires_in", "quota_bytes"}
@@ -26,13 +26,13 @@ def setup_routes(app: web.Application) -> None:
 
 async def own_token(request: web.Request) -> web.Response:
     token = require_token(await request_token(request), "GET /v1/token")
-    fresh = await services(request).tokens.fresh(token)
+    fresh = await core_of(request).tokens.fresh(token)
     return web.json_response(fresh.as_dict(), headers={"Cache-Control": "no-store"})
 
 
 async def list_tokens(request: web.Request) -> web.Response:
     token = require_token(await request_token(request), "listing tokens")
-    tokens = await services(request).tokens.visible_to(token)
+    tokens = await core_of(request).tokens.visible_to(token)
     body = {"tokens": [listed.as_dict() for listed in tokens]}
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -40,7 +40,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     minter = require_token(await request_token(request), "minting a token")
     spec = parse_spec(await read_json(request))
-    token, secret = await services(request).tokens.mint(minter, spec)
+    token, secret = await core_of(request).tokens.mint(minter, spec)
     return web.json_response(
         token.as_dict() | {"token": secret},
         status=201,
@@ -53,7 +53,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     raw = request.match_info["token_id"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise InvalidRequest(f"{raw[:40]!r} is not a token id")
-    revoked = await services(request).tokens.revoke_as(caller, int(raw))
+    revoked = await core_of(request).tokens.revoke_as(caller, int(raw))
     return web.json_response({"revoked": revoked})
 
 

@@ -7,8 +7,6 @@ names the digest the finished upload must have.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
 from casd.auth import Token, require_upload
@@ -22,14 +20,11 @@ from casd.http.blobs import (
     send_continue,
     stored_response,
 )
-from casd.http.context import SERVICES, request_token, services
-from casd.uploads import Append, RequestBody, UploadService, UploadStatus
-
-UPLOADS = web.AppKey("uploads", UploadService)
+from casd.http.context import CORE, core_of, request_token
+from casd.uploads import Append, RequestBody, UploadStatus
 
 
 def setup_routes(app: web.Application) -> None:
-    app.cleanup_ctx.append(uploads_ctx)
     app.on_shutdown.append(end_writers)
     app.router.add_post("/v1/uploads", post_upload, expect_handler=defer_expect)
     app.router.add_get("/v1/uploads", list_uploads, allow_head=False)
@@ -40,19 +35,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/uploads/{upload_id}", delete_upload)
 
 
-async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
-    context = app[SERVICES]
-    uploads = UploadService(context.db, context.store, context.blobs, context.settings.upload_ttl)
-    await uploads.start()
-    await uploads.recover_after_crash()  # a worker restarted after a crash of its own
-    app[UPLOADS] = uploads
-    yield
-    await uploads.close()
-
-
 async def end_writers(app: web.Application) -> None:
     """On shutdown, end the requests still writing: each records the bytes it received."""
-    app[UPLOADS].shutdown()
+    app[CORE].uploads.shutdown()
 
 
 def request_body(request: web.Request) -> RequestBody:
@@ -91,7 +76,7 @@ async def append_request(request: web.Request, token: Token, *, offset: int) -> 
         complete=upload_complete(request),
         length=header_int(request, "Upload-Length"),
         digest=None if digest is None else parse_digest(digest.strip()),
-        charge=await services(request).tokens.charge_for(token),
+        charge=await core_of(request).tokens.charge_for(token),
     )
 
 
@@ -137,8 +122,8 @@ async def uploader(request: web.Request) -> Token:
 
 async def post_upload(request: web.Request) -> web.StreamResponse:
     token = await uploader(request)
-    with services(request).upload_slots.hold(token.id):
-        outcome = await request.app[UPLOADS].create(
+    with core_of(request).upload_slots.hold(token.id):
+        outcome = await core_of(request).uploads.create(
             token, await append_request(request, token, offset=0), request_body(request)
         )
     return answer(outcome, created=True)
@@ -147,7 +132,7 @@ async def post_upload(request: web.Request) -> web.StreamResponse:
 async def head_upload(request: web.Request) -> web.StreamResponse:
     upload_id = upload_id_of(request)
     token = await uploader(request)
-    status = await request.app[UPLOADS].status(upload_id, token)
+    status = await core_of(request).uploads.status(upload_id, token)
     return web.Response(status=204, headers=status_headers(status))
 
 
@@ -157,8 +142,8 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     offset = header_int(request, "Upload-Offset")
     if offset is None:
         raise InvalidRequest("PATCH needs Upload-Offset")
-    with services(request).upload_slots.hold(token.id):
-        outcome = await request.app[UPLOADS].append(
+    with core_of(request).upload_slots.hold(token.id):
+        outcome = await core_of(request).uploads.append(
             upload_id,
             token,
             await append_request(request, token, offset=offset),
@@ -170,12 +155,12 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
 async def delete_upload(request: web.Request) -> web.StreamResponse:
     upload_id = upload_id_of(request)
     token = await uploader(request)
-    await request.app[UPLOADS].delete(upload_id, token)
+    await core_of(request).uploads.delete(upload_id, token)
     return web.Response(status=204)
 
 
 async def list_uploads(request: web.Request) -> web.StreamResponse:
     token = await uploader(request)
-    listed = await request.app[UPLOADS].listing(token)
+    listed = await core_of(request).uploads.listing(token)
     body = {"uploads": [upload.as_dict() for upload in listed]}
     return web.json_response(body, headers={"Cache-Control": "no-store"})

@@ -20,9 +20,9 @@ from casd.errors import (
     Unauthorized,
 )
 from casd.http import blobs as blob_api
-from casd.http.context import read_scope, require_blob_reader, require_reader, services
+from casd.http.context import core_of, read_scope, require_blob_reader, require_reader
 from casd.http.openapi import description
-from casd.names import NameRecord, NameService, Precondition, validate_name
+from casd.names import NameRecord, Precondition, validate_name
 from casd.web import session
 from casd.web.apidoc import operations, schema_text
 from casd.web.chart import stored_bytes_chart
@@ -57,7 +57,7 @@ async def error_page(request: web.Request, error: CasdError) -> web.Response:
 async def common(request: web.Request, *, require: bool = True) -> dict[str, Any]:
     """What every page shows in its header; on a private server, no page without a token."""
     viewer = await session.viewer(request)
-    private = services(request).settings.private
+    private = core_of(request).settings.private
     if require and private and viewer is None:
         raise web.HTTPSeeOther(f"/login?next={_quoted(request.path_qs)}")
     return {"viewer": viewer, "private": private, "csrf": session.csrf_token(request)}
@@ -68,7 +68,7 @@ def _quoted(text: str) -> str:
 
 
 def store(request: web.Request) -> PageStore:
-    return PageStore(services(request).db)
+    return PageStore(core_of(request).db)
 
 
 def base_url(request: web.Request) -> str:
@@ -101,7 +101,7 @@ async def browse(request: web.Request) -> web.StreamResponse:
             crumbs=breadcrumbs(prefix),
             **context,
         )
-    records, following = await NameService(services(request).db).listing(
+    records, following = await core_of(request).names.listing(
         prefix=prefix, after=after, limit=SEARCH_PAGE, readable=scope
     )
     folder_of_prefix = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
@@ -123,7 +123,7 @@ async def name_page(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     await require_reader(request, name)
     before = _version_param(request, "before")
-    names = NameService(services(request).db)
+    names = core_of(request).names
     record: NameRecord | None
     try:
         record = await names.get(name)
@@ -212,7 +212,7 @@ async def ops_page(request: web.Request) -> web.StreamResponse:
         ),
         runs=await pages.last_runs(),
         chart=stored_bytes_chart(figures.points),
-        settings=services(request).settings,
+        settings=core_of(request).settings,
         **context,
     )
 
@@ -249,7 +249,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         if not secret:
             raise Unauthorized("paste a token to sign in")
-        await services(request).tokens.authenticate(secret)
+        await core_of(request).tokens.authenticate(secret)
     except Unauthorized as error:
         context = await common(request, require=False)
         return render(
@@ -289,7 +289,7 @@ async def rollback(request: web.Request) -> web.StreamResponse:
         else Precondition.match(frozenset({_form_version(expected_raw)}))
     )
     require_write(token, name)
-    names = NameService(services(request).db)
+    names = core_of(request).names
     entries, _ = await names.history(name, before=version + 1, limit=1)
     earlier = entries[0] if entries and entries[0].version == version else None
     if earlier is None or earlier.digest is None:

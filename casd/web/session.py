@@ -18,7 +18,7 @@ from aiohttp import web
 
 from casd.auth import Token
 from casd.errors import Forbidden, Unauthorized
-from casd.http.context import services
+from casd.http.context import core_of
 
 COOKIE = "casd_token"
 _CSRF_MESSAGE = b"casd web form"
@@ -41,7 +41,7 @@ async def viewer(request: web.Request) -> Token | None:
     token = None
     if secret is not None:
         try:
-            token = await services(request).tokens.authenticate(secret)
+            token = await core_of(request).tokens.authenticate(secret)
         except Unauthorized:
             token = None
     request["viewer"] = token
