@@ -15,12 +15,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import blake3
-
 from casd import crashpoints, metrics
-from casd.blobstore import BlobStore, StagedBlob
 from casd.database import Database, Queries
-from casd.digests import format_digest, lock_key, new_hasher
+from casd.digests import format_digest, lock_key, new_hasher, publish_lock_key
 from casd.errors import (
     BlobNotFound,
     BlobQuarantined,
@@ -30,14 +27,13 @@ from casd.errors import (
     PayloadTooLarge,
     QuotaExceeded,
 )
+from casd.ingest import HashingWriter, gather_parts
+from casd.stores import BlobReader, BlobStore, Published, StagedBlob
 
 log = logging.getLogger(__name__)
 
-# Bytes handed to the hashing and writing threads at a time: large enough that thread hand-offs
-# cost little, small enough to keep memory flat while one buffer is received and one absorbed.
-INGEST_BUFFER = 1024 * 1024
-# Below this, hashing on the event loop is cheaper than a thread hand-off.
-INLINE_HASH_LIMIT = 128 * 1024
+# Row statuses whose stored bytes a verified upload replaces (the heal).
+SUSPECT = frozenset({"quarantined", "missing"})
 
 
 @dataclass(frozen=True)
@@ -111,15 +107,18 @@ class BlobService:
         self.check_announced_size(expected_size)
         if charge is not None:
             charge.check(expected_size)
-        async with self.store.staging() as staged:
-            hasher = new_hasher()
-            last = await self._absorb_stream(chunks, hasher, staged, charge)
-            size = staged.size + sum(len(part) for part in last)
+        async with self.store.staging(expected_digest) as staged:
+            writer = HashingWriter(staged, new_hasher())
+            try:
+                last = await self._absorb_stream(chunks, writer, charge)
+            finally:
+                await writer.close()
+            size = writer.end
             if expected_size is not None and size != expected_size:
                 raise IncompleteBody(
                     f"received {size} of {expected_size} announced bytes; nothing stored"
                 )
-            digest = format_digest(hasher)
+            digest = format_digest(writer.hasher)
             if expected_digest is not None and digest != expected_digest:
                 raise DigestMismatch(f"the body hashes to {digest}, not {expected_digest}")
             await staged.finish(last)
@@ -127,38 +126,22 @@ class BlobService:
             return Blob(digest, staged.size), created
 
     async def _absorb_stream(
-        self,
-        chunks: AsyncIterable[bytes],
-        hasher: blake3.blake3,
-        staged: StagedBlob,
-        charge: Charge | None,
+        self, chunks: AsyncIterable[bytes], writer: HashingWriter, charge: Charge | None
     ) -> list[bytes]:
         """Receive the next buffer while the previous one is hashed and written. The last one
-        is only hashed: it is returned to be written along with the fsync (for a small blob,
-        one thread hand-off in all)."""
-        pending: asyncio.Future[None] | None = None
+        is only hashed: it is returned to be written along with the fsync."""
         held: list[bytes] = []
         received = 0
-        try:
-            async for parts, size in gather_parts(chunks, INGEST_BUFFER):
-                received += size
-                self.check_announced_size(received)
-                if charge is not None:
-                    charge.check(received)
-                if held:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.ensure_future(_absorb(held, hasher, staged))
-                held = parts
-            if pending is not None:
-                await pending
-            await _hash_parts(held, hasher)
-            return held
-        finally:
-            # Never leave a thread writing to a staging file that is about to be removed.
-            if pending is not None and not pending.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pending)
+        async for parts, size in gather_parts(chunks):
+            received += size
+            self.check_announced_size(received)
+            if charge is not None:
+                charge.check(received)
+            if held:
+                await writer.absorb(held)
+            held = parts
+        await writer.hash_tail(held)
+        return held
 
     async def publish(
         self,
@@ -176,11 +159,18 @@ class BlobService:
         adopts a file that a crash left without its row.
         """
         async with self.db.transaction() as tx:
-            # The row first (under the shared lock, one round trip): it commits only once the
-            # bytes are in place, so nobody sees it before, and a failed move rolls it back.
-            created: bool = await tx.fetchval(
-                "lock_and_upsert_blob", digest, staged.size, lock_key(digest)
+            # The row first (under the shared lock and the publish lock, one round trip): it
+            # commits only once the bytes are in place, so nobody sees it before, and a failed
+            # publish rolls it back.
+            row = await tx.fetchrow(
+                "lock_and_upsert_blob",
+                digest,
+                staged.size,
+                lock_key(digest),
+                *publish_lock_key(digest),
             )
+            assert row is not None  # an upsert returns its row
+            created: bool = row["created"]
             if created and charge is not None and charge.limited:
                 used = await tx.fetchval("charge_token_within_quota", charge.token_id, staged.size)
                 if used is None:
@@ -188,7 +178,7 @@ class BlobService:
                         f"storing these {staged.size} bytes would take the token past its quota;"
                         " nothing was stored"
                     )
-            await self.store.publish(staged, digest)
+            await self._publish_bytes(tx, staged, digest, created, row["status"])
             crashpoints.reached("publish-before-commit")
             if also is not None:
                 await also(tx)
@@ -201,6 +191,23 @@ class BlobService:
         if created:
             metrics.BLOBS_CREATED.inc()
         return created
+
+    async def _publish_bytes(
+        self, tx: Queries, staged: StagedBlob, digest: str, created: bool, status: str
+    ) -> None:
+        """Put the verified bytes under their digest and make the row say what happened.
+
+        Bytes at the key are replaced only when nothing vouches for them: no row before this
+        one (what a crash or a stranger left; no publisher races us, the publish lock holds
+        them off), or a row that says they are quarantined or missing. Bytes that were there
+        already keep the row's verified_at: this upload did not check them.
+        """
+        replace_suspect = created or status in SUSPECT
+        published = await self.store.publish(staged, digest, replace_suspect=replace_suspect)
+        if published is Published.CREATED and not created:
+            await tx.execute("heal_blob", digest)
+        elif published is Published.EXISTED and created:
+            await tx.execute("unverify_blob", digest)
 
     async def _settle(self, staged: StagedBlob) -> None:
         try:
@@ -230,14 +237,14 @@ class BlobService:
     async def adopt_orphan(self, digest: str) -> BlobInfo | None:
         """A file without a row under ``digest`` (a crash of its publisher), adopted when its
         bytes hash to it; its info, or None if there is no such intact file."""
-        if not await self.store.exists(digest):
+        if await self.store.stat(digest) is None:
             return None
         found = await hash_stored(self.store, digest)
         if found is None or found[0] != digest:
             return None  # not intact: the scrub quarantines it, an upload replaces it
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_exclusive", lock_key(digest))
-            if await self.store.exists(digest) and await tx.fetchval(
+            if await self.store.stat(digest) is not None and await tx.fetchval(
                 "adopt_blob", digest, found[1]
             ):
                 log.info("adopted %s, a verified file without a row", digest)
@@ -247,22 +254,56 @@ class BlobService:
         row = await self.db.fetchrow("get_blob", digest)
         return None if row is None else _info_from_row(row)
 
+    async def servable(self, digest: str) -> BlobInfo:
+        """The blob's info if its row says it can be served, else the error a client should
+        see (the bytes are looked at by :meth:`readable` or :meth:`open_for_reading`)."""
+        return _servable(digest, await self.info(digest))
+
     async def readable(self, digest: str) -> BlobInfo:
-        """The blob's info if it can be served, else the error a client should see."""
-        info = _servable(digest, await self.info(digest))
-        # Check the bytes are there before any response header goes out.
-        size_on_disk = await self.store.size(digest)
-        if size_on_disk is None:
+        """The blob's info if it can be served, else the error a client should see: for
+        answers without a body (HEAD, 304), which look at the stored size only."""
+        info = await self.servable(digest)
+        await self._check_stored_size(info, await self.store.stat(digest))
+        return info
+
+    async def _check_stored_size(self, info: BlobInfo, stored: int | None) -> None:
+        if stored is None:
             # A quarantine or collection may be moving it right now: wait for it to commit,
             # then answer with what it decided (scrub marks rows whose file vanished missing).
-            _servable(digest, await self._info_after_writers(digest))
-            raise BlobNotFound(f"the bytes of blob {digest} are missing from the store")
-        if size_on_disk != info.size:
+            _servable(info.digest, await self._info_after_writers(info.digest))
+            raise BlobNotFound(f"the bytes of blob {info.digest} are missing from the store")
+        if stored != info.size:
             await self.quarantine(
-                digest, reason=f"{size_on_disk} bytes stored, {info.size} expected"
+                info.digest, reason=f"{stored} bytes stored, {info.size} expected"
             )
-            raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
-        return info
+            raise BlobQuarantined(f"blob {info.digest} failed verification and is quarantined")
+
+    @contextlib.asynccontextmanager
+    async def open_for_reading(
+        self, info: BlobInfo, start: int = 0, end: int | None = None, *, verify: bool = False
+    ) -> AsyncIterator[AsyncGenerator[bytes]]:
+        """The blob's bytes ``start``..``end``, opened (one store operation) and checked before
+        the caller sends any header: the errors a client should see are raised on entry.
+        ``verify`` (a whole blob only): the bytes are hashed as they go, see
+        :meth:`_read_verified`."""
+        hasher = new_hasher() if verify else None
+        observe = None if hasher is None else hasher.update
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                reader = await stack.enter_async_context(
+                    self.store.open(info.digest, start, end, observe)
+                )
+            except FileNotFoundError:
+                await self._check_stored_size(info, None)
+                raise  # not reached: the check raises
+            await self._check_stored_size(info, reader.size)
+            chunks = (
+                read_ahead(aiter(reader))
+                if hasher is None
+                else self._read_verified(reader, info, hasher)
+            )
+            async with contextlib.aclosing(chunks):  # also when the consumer stops early
+                yield chunks
 
     async def _info_after_writers(self, digest: str) -> BlobInfo | None:
         async with self.db.transaction() as tx:
@@ -279,17 +320,17 @@ class BlobService:
             row = await tx.fetchrow("use_healthy_blob", digest)
         return None if row is None else _info_from_row(row)
 
-    async def read_verified(self, info: BlobInfo) -> AsyncGenerator[bytes]:
+    async def _read_verified(
+        self, reader: BlobReader, info: BlobInfo, hasher: Any
+    ) -> AsyncGenerator[bytes]:
         """The blob's bytes, hashed as they go; the last chunk is held back until the hash is
         known, so a corrupt blob never reaches a client complete. Raises :class:`CorruptBlob`
         (after quarantining it) instead of yielding that last chunk."""
-        hasher = new_hasher()
         held: bytes | None = None
         size = 0
         # Chunks are hashed in the thread that reads them, one chunk ahead of the sending.
-        reader = read_ahead(self.store.read(info.digest, observe=hasher.update))
-        async with contextlib.aclosing(reader):  # also when the consumer stops early
-            async for chunk in reader:
+        async with contextlib.aclosing(read_ahead(aiter(reader))) as chunks:
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > info.size:
                     break  # grown since recorded: the chunk held back may already fill the body
@@ -301,13 +342,6 @@ class BlobService:
             raise CorruptBlob(f"blob {info.digest} is corrupt on disk")
         if held is not None:
             yield held
-
-    async def read_range(self, info: BlobInfo, start: int, end: int) -> AsyncGenerator[bytes]:
-        async with contextlib.aclosing(
-            read_ahead(self.store.read(info.digest, start, end))
-        ) as reader:
-            async for chunk in reader:
-                yield chunk
 
     async def quarantine(self, digest: str, *, reason: str) -> bool:
         """Move corrupt bytes out of the blob path and mark the row; True if it was done.
@@ -336,7 +370,7 @@ class BlobService:
         """
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_exclusive", lock_key(digest))
-            if await self.store.exists(digest):
+            if await self.store.stat(digest) is not None:
                 return False
             marked = await tx.fetchval("mark_blob_missing", digest)
         if marked is not None:
@@ -357,23 +391,6 @@ def _servable(digest: str, info: BlobInfo | None) -> BlobInfo:
     if info.status == "quarantined":
         raise BlobQuarantined(f"blob {digest} failed verification and is quarantined")
     return info
-
-
-async def gather_parts(
-    chunks: AsyncIterable[bytes], size: int
-) -> AsyncIterator[tuple[list[bytes], int]]:
-    """Group a stream of chunks into lists of at least ``size`` bytes (and their size),
-    without joining them: the chunks go to the hasher and to writev as they are."""
-    parts: list[bytes] = []
-    gathered = 0
-    async for chunk in chunks:
-        parts.append(chunk)
-        gathered += len(chunk)
-        if gathered >= size:
-            yield parts, gathered
-            parts, gathered = [], 0
-    if parts:
-        yield parts, gathered
 
 
 async def read_ahead(source: AsyncIterator[bytes], depth: int = 1) -> AsyncGenerator[bytes]:
@@ -415,31 +432,11 @@ async def hash_stored(
     hasher = new_hasher()
     size = 0
     try:
-        async for chunk in store.read(digest, observe=hasher.update):
-            size += len(chunk)
-            if pace is not None:
-                await pace(len(chunk))
+        async with store.open(digest, observe=hasher.update) as reader:
+            async for chunk in reader:
+                size += len(chunk)
+                if pace is not None:
+                    await pace(len(chunk))
     except FileNotFoundError:
         return None
     return format_digest(hasher), size
-
-
-def _update(hasher: blake3.blake3, parts: list[bytes]) -> None:
-    for part in parts:
-        hasher.update(part)
-
-
-async def _hash_parts(parts: list[bytes], hasher: blake3.blake3) -> None:
-    if sum(len(part) for part in parts) <= INLINE_HASH_LIMIT:
-        _update(hasher, parts)
-    else:
-        await asyncio.to_thread(_update, hasher, parts)
-
-
-async def _absorb(parts: list[bytes], hasher: blake3.blake3, staged: StagedBlob) -> None:
-    """Hash and write one buffer at once, on two threads (blake3 and write release the GIL)."""
-    if sum(len(part) for part in parts) <= INLINE_HASH_LIMIT:
-        _update(hasher, parts)
-        await staged.write(parts)
-    else:
-        await asyncio.gather(asyncio.to_thread(_update, hasher, parts), staged.write(parts))

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from casd.auth import TokenStore
 from casd.blobs import BlobService
-from casd.blobstore import BlobStore, LocalBlobStore
 from casd.config import Settings
 from casd.database import Database
 from casd.names import NameService
 from casd.policies import PolicyService
+from casd.stores import BlobStore
+from casd.stores.file import FileBlobStore
 from casd.upload_slots import UploadSlots
 from casd.uploads import UploadService
 
@@ -40,7 +41,7 @@ class Core:
 
 def open_store(settings: Settings) -> BlobStore:
     """The blob store the settings name (today: the local file store in the data directory)."""
-    return LocalBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
+    return FileBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
 
 
 @contextlib.asynccontextmanager

@@ -44,3 +44,16 @@ def digest_of(data: bytes) -> str:
 def lock_key(digest: str) -> int:
     """A signed 64-bit advisory-lock key for one blob, the same in every process."""
     return int.from_bytes(bytes.fromhex(hex_of(digest)[:16]), "big", signed=True)
+
+
+# The first key of every publish lock, "casp": the two-key space, apart from the one-key blob
+# locks and from the upload process locks ("casd", n).
+PUBLISH_LOCK_NAMESPACE = 0x63617370
+
+
+def publish_lock_key(digest: str) -> tuple[int, int]:
+    """The two-key advisory lock that serialises the publishers of one digest (32 bits of the
+    digest: two digests that share them merely wait for each other)."""
+    return PUBLISH_LOCK_NAMESPACE, int.from_bytes(
+        bytes.fromhex(hex_of(digest)[:8]), "big", signed=True
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -135,7 +134,7 @@ class Scrubber:
         metrics.SCRUBBED_BYTES.inc(size)
 
     async def check_present(self, digest: str) -> None:
-        if await self.store.exists(digest):
+        if await self.store.stat(digest) is not None:
             self.report.present += 1
         else:
             await self.mark_missing(digest)
@@ -156,7 +155,7 @@ class Scrubber:
             return
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_exclusive", lock_key(digest))
-            restored = await self.store.exists(digest) and await tx.fetchval(
+            restored = await self.store.stat(digest) is not None and await tx.fetchval(
                 "restore_missing_blob", digest
             )
         if restored:
@@ -173,9 +172,8 @@ class Scrubber:
                     await self.check_orphan(digest)
 
     async def stored_digests(self) -> AsyncIterator[list[str]]:
-        listing = self.store.digests()
-        while batch := await asyncio.to_thread(list, itertools.islice(listing, BATCH)):
-            yield [digest for digest in batch if self.is_digest(digest)]
+        async for page in self.store.list_digests():
+            yield [digest for digest in page if self.is_digest(digest)]
 
     def is_digest(self, name: str) -> bool:
         try:
@@ -196,7 +194,7 @@ class Scrubber:
         self.count_checked(found[1])
         async with self.db.transaction() as tx:
             await tx.execute("lock_blob_exclusive", lock_key(digest))
-            if not await self.store.exists(digest):
+            if await self.store.stat(digest) is None:
                 return
             if found[0] == digest:
                 await self.adopt(tx, digest, found[1])
@@ -213,6 +211,6 @@ class Scrubber:
 
     async def quarantine_orphan(self, digest: str) -> None:
         log.warning("scrub: quarantining %s, a file without a row that does not match", digest)
-        if await self.store.quarantine(digest):
+        if await self.store.quarantine(digest) is not None:
             self.report.orphans_quarantined += 1
             metrics.SCRUB_FINDINGS.labels("orphan_quarantined").inc()

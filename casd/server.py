@@ -53,7 +53,7 @@ async def bootstrap(settings: Settings, database_url: str) -> None:
         log.info("applied migrations %s", applied)
     async with open_core(settings, database_url, pool_size=2, listen=False) as core:
         await core.uploads.recover_after_crash()
-        await core.store.cleanup_stale_staging()  # before any worker: no staging file is in use
+        await core.store.sweep_staging(older_than=0)  # before any worker: no staging is in use
         secret = await core.tokens.create_admin_if_first()
     if secret is not None:
         write_admin_token(settings, secret)

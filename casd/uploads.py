@@ -23,8 +23,7 @@ import blake3
 
 from casd import wire
 from casd.auth import Token
-from casd.blobs import INGEST_BUFFER, INLINE_HASH_LIMIT, Blob, BlobService, Charge
-from casd.blobstore import BlobStore, StagedBlob
+from casd.blobs import Blob, BlobService, Charge
 from casd.database import Database, Queries
 from casd.digests import format_digest, new_hasher
 from casd.errors import (
@@ -40,6 +39,8 @@ from casd.errors import (
     Unavailable,
     UploadNotFound,
 )
+from casd.ingest import INGEST_BUFFER, HashingWriter
+from casd.stores import BlobStore, StagedBlob
 from casd.upload_leases import Lease, StopReason, UploadCompleted, UploadLeases, UploadRow
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class UploadService:
                 gathered += len(chunk)
                 if gathered < INGEST_BUFFER:
                     continue
-                await sink.absorb(b"".join(parts))
+                await sink.absorb(parts)
                 parts, gathered = [], 0
                 if loop.time() >= next_checkpoint:
                     await self._checkpoint(lease, sink)
@@ -362,10 +363,10 @@ class UploadService:
             raise
         except BaseException:
             if parts:
-                await sink.absorb(b"".join(parts))
+                await sink.absorb(parts)
             raise
         if parts:
-            await sink.absorb(b"".join(parts))
+            await sink.absorb(parts)
 
     async def _checkpoint(self, lease: Lease, sink: _Sink) -> None:
         offset = await sink.sync()
@@ -380,7 +381,7 @@ class UploadService:
             offset = await sink.sync()
         except Exception:
             log.exception("upload %s: cannot make its last bytes durable", lease.upload_id)
-            offset, sink.hasher = sink.recorded, None
+            offset, sink.hashed = sink.recorded, -1
         kept = await self._release(lease, offset, sink)
         reason = error.reason if isinstance(error, WriterStopped) else None
         headers = {"Upload-Offset": str(offset)}
@@ -412,7 +413,6 @@ class UploadService:
             raise InvalidRequest(
                 f"the upload has {size} bytes, Upload-Length says {lease.row.length}"
             )
-        assert sink.hasher is not None
         digest = format_digest(sink.hasher)
         expected = request.digest or lease.row.expected_digest
         if expected is not None and digest != expected:
@@ -443,7 +443,6 @@ class UploadService:
         """Let go of the upload at ``offset``; keep the hasher if it covers exactly that."""
         kept = await self.leases.release(lease, offset)
         if kept and sink is not None and sink.covers(offset):
-            assert sink.hasher is not None
             self._hashers[lease.upload_id] = (offset, sink.hasher)
             while len(self._hashers) > HASHER_CACHE_SIZE:
                 self._hashers.popitem(last=False)
@@ -488,7 +487,7 @@ class UploadService:
 
     async def _remove_orphans(self) -> None:
         # A staging object is created after its row, so one without a row lost it for good.
-        keys = await asyncio.to_thread(lambda: list(self.store.resumable_keys()))
+        keys = await self.store.resumable_keys()
         if not keys:
             return
         known = {row["id"] for row in await self.db.fetch("existing_upload_ids", keys)}
@@ -518,44 +517,13 @@ async def _received(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class _Sink:
-    """Appends to a staging object and hashes, one buffer in flight while the next arrives."""
+class _Sink(HashingWriter):
+    """The ingest pipeline over an upload's staging object, and the offset last recorded."""
 
     def __init__(self, staged: StagedBlob, start: int) -> None:
-        self.staged = staged
+        super().__init__(staged, new_hasher(), start)
         self.start = start
-        self.end = start  # bytes handed over, including the buffer in flight
         self.recorded = start  # bytes known durable and recorded
-        self.hasher: blake3.blake3 | None = None
-        self.hashed = start  # bytes the hasher covers
-        self._inflight: asyncio.Future[None] | None = None
-
-    async def absorb(self, data: bytes) -> None:
-        await self.settle()
-        self.end += len(data)
-        self._inflight = asyncio.ensure_future(self._absorb(data))
-
-    async def _absorb(self, data: bytes) -> None:
-        hasher = self.hasher
-        assert hasher is not None
-        try:
-            if len(data) <= INLINE_HASH_LIMIT:
-                hasher.update(data)
-                await self.staged.write(data)
-            else:
-                # blake3 and file writes release the GIL: both run at once on two threads.
-                write = self.staged.write(data)
-                await asyncio.gather(asyncio.to_thread(hasher.update, data), write)
-        except BaseException:
-            self.hashed = -1  # the hasher may have seen bytes that were not written
-            raise
-        self.hashed += len(data)
-
-    async def settle(self) -> None:
-        """Wait for the buffer in flight."""
-        if self._inflight is not None:
-            inflight, self._inflight = self._inflight, None
-            await inflight
 
     async def sync(self) -> int:
         """Make every written byte durable; the staged size."""
@@ -564,4 +532,4 @@ class _Sink:
         return self.staged.size
 
     def covers(self, offset: int) -> bool:
-        return self.hasher is not None and self.hashed == offset == self.staged.size
+        return self.hashed == offset == self.staged.size

@@ -98,7 +98,7 @@ def test_sql_files() -> None:
     versions = [migration.version for migration in migrations()]
     # Numbers are reserved ahead for work in progress: gaps are fine, order and uniqueness not.
     assert versions == sorted(set(versions)) and versions[:4] == [1, 2, 3, 4]
-    assert "upsert_blob" in queries()
+    assert "lock_and_upsert_blob" in queries()
     assert parse_queries("-- name: one\nSELECT 1;\n-- name: two\nSELECT 2;") == {
         "one": "SELECT 1;",
         "two": "SELECT 2;",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -147,42 +146,41 @@ async def serve_blob(
     """Answer a GET or HEAD with a blob: verified full GET, ``Range``, ``If-None-Match``.
     ``headers`` are added to (or replace) the blob's own, for every answer but an error."""
     blobs = core_of(request).blobs
-    info = await blobs.readable(digest)
     extra = headers or {}
-    if etag_matches(request, digest):
-        not_modified = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE} | extra
-        return web.Response(status=304, headers=not_modified)
-    if request.method == "HEAD":
+    if request.method == "HEAD" or etag_matches(request, digest):
+        info = await blobs.readable(digest)  # no body: the stored size is checked, no more
+        if etag_matches(request, digest):
+            not_modified = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE} | extra
+            return web.Response(status=304, headers=not_modified)
         return web.Response(headers=blob_headers(info) | {"Content-Length": str(info.size)} | extra)
+    info = await blobs.servable(digest)
     byte_range = parse_range(request.headers.get("Range"), info.size)
     response = web.StreamResponse(headers=blob_headers(info) | extra)
     if byte_range is None:
+        start, end = 0, info.size
         response.content_length = info.size
-        chunks = (
-            blobs.read_verified(info)
-            if core_of(request).settings.verify_reads
-            else (blobs.read_range(info, 0, info.size))
-        )
+        verify = core_of(request).settings.verify_reads
     else:
         start, end = byte_range
         response.set_status(206)
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         response.content_length = end - start
-        chunks = blobs.read_range(info, start, end)
-    await response.prepare(request)
-    try:
-        async with contextlib.aclosing(chunks):  # the file is closed also when the client left
+        verify = False
+    # Opened and checked before any header goes out: a missing or resized blob is a clean error.
+    async with blobs.open_for_reading(info, start, end, verify=verify) as chunks:
+        await response.prepare(request)
+        try:
             async for chunk in chunks:
                 await response.write(chunk)
                 metrics.BYTES_SENT.inc(len(chunk))
-    except ConnectionError:
-        raise  # the client left: no server error (logged as 499 by casd.http.accesslog)
-    except (CasdError, OSError) as error:
-        # Headers are gone already: cut the connection so the client sees a short transfer.
-        # (An error answer written now would reach the client as more body bytes.)
-        log.error("aborted GET of blob %s: %s", digest, error)
-        if request.transport is not None:
-            request.transport.abort()
-        return response
+        except ConnectionError:
+            raise  # the client left: no server error (logged as 499 by casd.http.accesslog)
+        except (CasdError, OSError) as error:
+            # Headers are gone already: cut the connection so the client sees a short transfer.
+            # (An error answer written now would reach the client as more body bytes.)
+            log.error("aborted GET of blob %s: %s", digest, error)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
     await response.write_eof()
     return response

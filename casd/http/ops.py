@@ -33,8 +33,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Unavailable as error:
         checks["database"] = error.detail
     try:
-        await context.store.check()
-        if not await context.store.accepts_writes():
+        if not (await context.store.check()).writable:
             checks["blob_store"] = STORE_FULL
     except Unavailable as error:
         checks["blob_store"] = error.detail

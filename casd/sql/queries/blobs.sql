@@ -8,22 +8,28 @@ SELECT pg_advisory_xact_lock($1);
 -- name: get_blob
 SELECT digest, size, status, created_at, last_used_at, verified_at FROM blobs WHERE digest = $1;
 
--- name: upsert_blob
--- Records a published blob. A re-upload refreshes last_used_at and heals a quarantined or
--- missing row (its file has just been replaced by verified bytes). Returns whether it is new.
-INSERT INTO blobs AS b (digest, size, verified_at) VALUES ($1, $2, now())
-ON CONFLICT (digest) DO UPDATE
-    SET last_used_at = now(), status = 'ok', verified_at = now()
-RETURNING (xmax = 0) AS created;
-
 -- name: lock_and_upsert_blob
--- upsert_blob under lock_blob_shared, in one round trip: a publisher runs it before it moves
--- the bytes into place, holding both the lock and the (uncommitted) row until it commits.
+-- Before a publisher publishes the bytes, in one round trip: the blob's shared lock (against
+-- the collector), then its publish lock (one publisher of a digest at a time, so "exactly one
+-- creation" never rests on the store's conditional writes; two-key space, ($4, $5), so
+-- it never meets the one-key locks), then the row, held uncommitted until the bytes are in
+-- place. A new row counts as verified (the publisher puts its verified bytes in); an existing
+-- one is only used: its status says whether the bytes stored under it are suspect. Lock order
+-- everywhere: shared(k), then publish(k).
 INSERT INTO blobs AS b (digest, size, verified_at)
-SELECT $1, $2, now() FROM (SELECT pg_advisory_xact_lock_shared($3)) AS locked
-ON CONFLICT (digest) DO UPDATE
-    SET last_used_at = now(), status = 'ok', verified_at = now()
-RETURNING (xmax = 0) AS created;
+SELECT $1, $2, now()
+FROM (SELECT pg_advisory_xact_lock($4, $5)
+      FROM (SELECT pg_advisory_xact_lock_shared($3)) AS shared) AS published
+ON CONFLICT (digest) DO UPDATE SET last_used_at = now()
+RETURNING (xmax = 0) AS created, status;
+
+-- name: heal_blob
+-- The publisher's verified bytes replaced suspect or absent ones under an existing row.
+UPDATE blobs SET status = 'ok', verified_at = now() WHERE digest = $1;
+
+-- name: unverify_blob
+-- A new row over bytes that the store kept instead of the publisher's: nobody verified them.
+UPDATE blobs SET verified_at = NULL WHERE digest = $1;
 
 -- name: touch_blob
 UPDATE blobs SET last_used_at = now() WHERE digest = $1;
