@@ -449,7 +449,7 @@ class FileBlobStore:
     @contextlib.asynccontextmanager
     async def segment_writer(self, upload_id: str, name: str) -> AsyncIterator[FileStagedBlob]:
         path = self._segment_path(upload_id, name)
-        staged = FileStagedBlob(path, "xb", lazy=True, durable_name=True)
+        staged = await asyncio.to_thread(FileStagedBlob, path, "xb", durable_name=True)
         try:
             yield staged
         finally:
