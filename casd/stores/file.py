@@ -266,8 +266,11 @@ class FileBlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             # The journal: a second name that outlives a crash until the row is committed.
             journal = self.staging_dir / f"{target.name}.{_unique()}{PUBLISHING}"
-            staged.path.rename(journal)
-            staged.published = True  # the staged name is gone either way
+            if staged.path.parent == self.staging_dir:
+                staged.path.rename(journal)
+                staged.published = True  # the staged name is gone either way
+            else:
+                os.link(staged.path, journal)  # legacy resumable staging: kept until settled
             if replace_suspect:
                 _link_or_replace(journal, target, self.staging_dir)
             else:
@@ -276,6 +279,7 @@ class FileBlobStore:
                 except FileExistsError:
                     journal.unlink()  # never replace: the bytes there stay, ours go
                     return Published.EXISTED
+            staged.published = True
             staged.journal = journal
             _fsync_directory(target.parent)
             return Published.CREATED
@@ -290,6 +294,8 @@ class FileBlobStore:
             with contextlib.suppress(FileNotFoundError):
                 staged.journal.unlink()
             staged.journal = None
+        if staged.path.parent != self.staging_dir:  # legacy resumable staging: complete now
+            await asyncio.to_thread(staged.path.unlink, missing_ok=True)
         staged.close()  # its lock told everyone that the publication was in progress
 
     def assemble(
