@@ -306,7 +306,7 @@ class UploadService:
         self, lease: Lease, request: Append, body: RequestBody, sink: _Sink, fresh: bool
     ) -> UploadStatus | Blob:
         try:
-            sink.hasher = await self._hasher_for(lease)
+            sink.resume(await self._hasher_for(lease))
             await _accept(body)
             await self._pump(lease, request, body, sink)
         except _INVALID as error:
@@ -522,8 +522,13 @@ class _Sink(HashingWriter):
 
     def __init__(self, staged: StagedBlob, start: int) -> None:
         super().__init__(staged, new_hasher(), start)
+        self.hashed = -1  # no hasher given yet (see resume)
         self.start = start
         self.recorded = start  # bytes known durable and recorded
+
+    def resume(self, hasher: blake3.blake3) -> None:
+        """Go on from ``hasher``, which covers the staged bytes."""
+        self.hasher, self.hashed = hasher, self.start
 
     async def sync(self) -> int:
         """Make every written byte durable; the staged size."""
