@@ -34,6 +34,12 @@ _SIZE_UNITS = {
     **{prefix: 1024 ** (power + 1) for power, prefix in enumerate("kmgtp")},
 }
 _HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*")
+# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9!_.*'()-]+")
+FILE_STORE = "file"
+DEFAULT_S3_BUFFER = 512 * 1024**2
+MIN_S3_BUFFER = 16 * 1024**2  # one upload part
 
 
 class SettingError(ValueError):
@@ -128,6 +134,52 @@ def _optional_duration(text: str) -> float | None:
     return parse_duration(text) or None
 
 
+@dataclass(frozen=True)
+class S3Location:
+    """Where the S3 store keeps its objects: ``s3://BUCKET[/PREFIX]``."""
+
+    bucket: str
+    prefix: str = ""  # "" or "some/path/": every key of the store starts with it
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def parse_s3_location(text: str) -> S3Location:
+    """``S3Location('casd', 'farm/')`` from 's3://casd/farm' (a trailing slash or none)."""
+    rest = text.strip()
+    if not rest.startswith("s3://"):
+        raise ValueError(f"not s3://BUCKET[/PREFIX]: {text!r}")
+    bucket, _, prefix = rest.removeprefix("s3://").partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"not an S3 bucket name: {bucket!r} (3-63 lowercase letters, digits, dots, hyphens)"
+        )
+    segments = prefix.strip("/").split("/") if prefix.strip("/") else []
+    if any(not _PREFIX_SEGMENT.fullmatch(s) or s in {".", ".."} for s in segments):
+        raise ValueError(
+            f"not a key prefix (letters, digits, !_.*'()- between slashes): {prefix!r}"
+        )
+    return S3Location(bucket, "".join(f"{segment}/" for segment in segments))
+
+
+def _blob_store(text: str) -> str:
+    """'file', or an ``s3://BUCKET[/PREFIX]`` URL (normalised)."""
+    if text.strip().lower() == FILE_STORE:
+        return FILE_STORE
+    if not text.strip().startswith("s3://"):
+        raise ValueError(f"not 'file' or s3://BUCKET[/PREFIX]: {text!r}")
+    return parse_s3_location(text).url
+
+
+def _s3_buffer(text: str) -> int:
+    size = parse_size(text)
+    if size < MIN_S3_BUFFER:
+        raise ValueError(f"must be at least 16MiB (one upload part): {text!r}")
+    return size
+
+
 def _path(text: str) -> Path:
     if not text.strip():
         raise ValueError("an empty path")
@@ -145,6 +197,8 @@ class Settings:
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     listen: str = DEFAULT_LISTEN
+    blob_store: str = FILE_STORE  # or s3://BUCKET[/PREFIX]
+    s3_buffer: int = DEFAULT_S3_BUFFER  # bytes of S3 parts in flight per worker, at most
     database_url: str | None = None
     workers: int = 1
     worker_restarts: int = 5
@@ -167,6 +221,11 @@ class Settings:
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_listen(self.listen)
+
+    @property
+    def s3_location(self) -> S3Location | None:
+        """The bucket and prefix of an S3 blob store; None for the file store."""
+        return None if self.blob_store == FILE_STORE else parse_s3_location(self.blob_store)
 
     @property
     def blobs_dir(self) -> Path:
@@ -238,6 +297,21 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "PostgreSQL URL [an embedded PostgreSQL in the data directory].",
         "URL",
+    ),
+    Setting(
+        "blob_store",
+        "CASD_BLOB_STORE",
+        _blob_store,
+        "Where blobs live: file (in the data directory) or s3://BUCKET[/PREFIX], endpoint and"
+        " credentials from the AWS_* variables and profiles [file].",
+        "STORE",
+    ),
+    Setting(
+        "s3_buffer",
+        "CASD_S3_BUFFER",
+        _s3_buffer,
+        "Bytes of S3 upload parts one worker holds in memory at most (256M, 1GiB) [512MiB].",
+        "SIZE",
     ),
     Setting("workers", "CASD_WORKERS", _count(1), "Worker processes sharing the port [1].", "N"),
     Setting(

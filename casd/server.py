@@ -96,6 +96,9 @@ def serve(settings: Settings) -> int:
 
 def supervise(settings: Settings) -> int:
     """The database (embedded or not) and the bootstrap, then the workers until told to stop."""
+    if settings.s3_location is not None:  # issue 11: the S3 store is being built
+        log.critical("casd cannot serve: the S3 blob store is not in this version yet")
+        return 2
     with database_url_for(settings) as database_url:
         asyncio.run(bootstrap(settings, database_url))
         supervisor = Supervisor(

@@ -34,6 +34,7 @@ import pytest
 
 from casd.config import metrics_dir_of
 from casd.embedded import EmbeddedPostgres
+from tests.seaweed import S3Area, SeaweedFS, new_area
 
 TIERS = ("unit", "service", "http", "e2e")
 SERVER_FIXTURES = {"server", "module_server", "casd_server_factory"}
@@ -58,7 +59,8 @@ def tier_of(item: pytest.Item) -> str:
         _gives_a_server(fixture) for chain in definitions for fixture in chain
     ):
         return "e2e"
-    return "service" if "postgres_url" in fixtures else "unit"
+    # SeaweedFS is a real process (a store, like PostgreSQL): not a unit test any more.
+    return "service" if fixtures & {"postgres_url", "seaweedfs"} else "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -306,3 +308,22 @@ def module_server(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS S3 store for the session (tests/seaweed.py), bucket ``casd`` created."""
+    workdir = tmp_path_factory.mktemp("seaweedfs")
+    seaweed = SeaweedFS(workdir).start()
+    try:
+        yield seaweed
+    finally:
+        seaweed.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_area(seaweedfs: SeaweedFS) -> S3Area:
+    """A fresh key prefix of the session's SeaweedFS: ``s3_area.url`` for --blob-store,
+    ``s3_area.env()`` for a casd process, ``s3_area.client()`` for raw S3 requests."""
+    return new_area(seaweedfs)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from casd.config import SETTINGS, SettingError, Settings, load_settings
+from casd.config import SETTINGS, S3Location, SettingError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +29,10 @@ BAD_SETTINGS = [
     ([], {"CASD_MAX_BLOB_SIZE": "5 parsecs"}, "CASD_MAX_BLOB_SIZE"),
     (["--log-format", "xml"], {}, "--log-format"),
     ([], {"CASD_PRIVATE": "maybe"}, "CASD_PRIVATE"),
+    (["--blob-store", "/var/lib/blobs"], {}, "--blob-store"),
+    ([], {"CASD_BLOB_STORE": "s3://Not_A_Bucket/x"}, "CASD_BLOB_STORE"),
+    ([], {"CASD_BLOB_STORE": "s3://casd/a/../b"}, "CASD_BLOB_STORE"),
+    (["--s3-buffer", "1M"], {}, "--s3-buffer"),
 ]
 
 
@@ -74,6 +78,18 @@ def test_setting_errors_name_the_value_and_the_setting() -> None:
     settings = load_settings({"max_blob_size": "10GB"}, {"CASD_GC_GRACE": "1h30m"})
     assert settings.max_blob_size == 10**10 and settings.gc_grace == 5400
     assert load_settings({}, {"CASD_MAX_BLOB_SIZE": "10GiB"}).max_blob_size == 10 * 2**30
+
+
+def test_blob_store_is_file_or_an_s3_bucket_with_a_prefix() -> None:
+    assert load_settings({}, {}).blob_store == "file" and load_settings({}, {}).s3_location is None
+    settings = load_settings({"blob_store": "s3://casd-blobs/farm/eu/"}, {})
+    assert settings.blob_store == "s3://casd-blobs/farm/eu"
+    assert settings.s3_location == S3Location("casd-blobs", "farm/eu/")
+    assert load_settings({}, {"CASD_BLOB_STORE": "s3://casd"}).s3_location == S3Location("casd")
+    for bad in ("s3://", "s3://ab", "s3://UPPER", "s3://casd/a//b", "s3://casd/a b", "ftp://x"):
+        with pytest.raises(SettingError, match=r"--blob-store \(CASD_BLOB_STORE\)"):
+            load_settings({"blob_store": bad}, {})
+    assert load_settings({}, {"CASD_S3_BUFFER": "1GiB"}).s3_buffer == 2**30
 
 
 @pytest.mark.e2e
