@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from types_aiobotocore_s3 import S3Client
 
@@ -77,6 +77,8 @@ class SeaweedFS:
     # master, volume, filer: HTTP and gRPC each, plus the S3 gateway's gRPC port
     other_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(7)])
     process: subprocess.Popen[bytes] | None = None
+    # One botocore session for every client: it parses the S3 service model once.
+    session: AioSession = field(default_factory=get_session)
 
     @property
     def endpoint(self) -> str:
@@ -127,6 +129,9 @@ class SeaweedFS:
             f"-s3.port.grpc={s3_grpc}",
             f"-s3.config={here / 's3.json'}",
             f"-s3.localSocket={here / 's3.sock'}",
+            # Off: they would listen on fixed ports (8181, 9101), taken by a second SeaweedFS.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> SeaweedFS:
@@ -213,7 +218,7 @@ class SeaweedFS:
         merged = RAW_CONFIG.merge(AioConfig(retries={"mode": "standard", "max_attempts": retries}))
         if config:
             merged = merged.merge(AioConfig(**config))
-        async with get_session().create_client(
+        async with self.session.create_client(
             "s3",
             endpoint_url=self.endpoint,
             region_name=REGION,
