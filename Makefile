@@ -22,6 +22,15 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# PgBouncer in transaction mode, which casd must refuse at start (tests/test_database_checks.py):
+# Debian's pgbouncer, installed once, as root like chromium; the tests start it themselves.
+PGBOUNCER = /usr/sbin/pgbouncer
+
+$(PGBOUNCER):
+	@if [ "$$(id -u)" != 0 ]; then echo "the database checks need pgbouncer: sudo apt-get install pgbouncer" >&2; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+
 # Runtime plus the test and lint toolchain.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -37,7 +46,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy
 
 # Every tier: unit, service, http and the end-to-end tests with real casd processes.
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(PGBOUNCER)
 	$(BIN)/python -m pytest
 
 # Everything but the end-to-end tier.

@@ -15,6 +15,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from casd import sqlfiles
+from casd.database_checks import check_database
 from casd.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -222,11 +223,16 @@ async def migrate(url: str) -> list[int]:
     """Apply the migrations that are not yet recorded; return the versions applied.
 
     A session advisory lock on a dedicated connection keeps two servers that start at once
-    from migrating concurrently: the second waits, then finds nothing left to do.
+    from migrating concurrently: the second waits, then finds nothing left to do. Every start
+    and every command that writes comes here first, so the database is checked here: a
+    standby, a read-only database or a pooler in transaction mode is refused
+    (:mod:`casd.database_checks`).
     """
     with _translated_errors():
         connection = await asyncpg.connect(url)
     try:
+        with _translated_errors():
+            await check_database(connection, url)
         named = sqlfiles.queries()
         await connection.execute(named["lock_migrations"], MIGRATION_LOCK_KEY)
         try:

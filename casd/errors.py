@@ -197,6 +197,12 @@ class Unavailable(CasdError):
     code = "unavailable"
 
 
+class UnsuitableDatabase(CasdError):
+    """The database cannot coordinate casd: it is read-only, or it does not keep sessions."""
+
+    status, code, title = 503, "unsuitable-database", "Unsuitable database"
+
+
 class RequestTimeout(CasdError):
     """The request body stalled: no byte arrived for too long."""
 
