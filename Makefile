@@ -45,13 +45,14 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
 
-# Every tier: unit, service, http and the end-to-end tests with real casd processes.
+# Every tier: unit, service, http, the end-to-end tests with real casd processes and the
+# multi-node tier (three casd nodes over one database).
 test: lint $(CHROMIUM) $(PGBOUNCER)
 	$(BIN)/python -m pytest
 
-# Everything but the end-to-end tier.
+# Everything but the end-to-end and multi-node tiers.
 test-fast: lint
-	$(BIN)/python -m pytest -m 'not e2e'
+	$(BIN)/python -m pytest -m 'not e2e and not multinode'
 
 bench: $(VENV)/.runtime
 	$(BIN)/python -m bench

@@ -18,7 +18,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from casd import sqlfiles
-from casd.errors import UnsuitableDatabase
+from casd.errors import CasdError
+
+
+class UnsuitableDatabase(CasdError):
+    """The database cannot coordinate casd: it is read-only, or it does not keep sessions.
+    (Never an HTTP answer: casd stops before it serves; hence not in casd.errors.)"""
+
+    status, code, title = 503, "unsuitable-database", "Unsuitable database"
+
 
 # How long a notification may take to come back over a direct connection (it takes
 # milliseconds; a pooler in transaction mode never delivers it).

@@ -197,12 +197,6 @@ class Unavailable(CasdError):
     code = "unavailable"
 
 
-class UnsuitableDatabase(CasdError):
-    """The database cannot coordinate casd: it is read-only, or it does not keep sessions."""
-
-    status, code, title = 503, "unsuitable-database", "Unsuitable database"
-
-
 class RequestTimeout(CasdError):
     """The request body stalled: no byte arrived for too long."""
 

@@ -36,7 +36,8 @@ from casd.config import metrics_dir_of
 from casd.embedded import EmbeddedPostgres
 from tests.seaweed import S3Area, SeaweedFS, new_area
 
-TIERS = ("unit", "service", "http", "e2e")
+TIERS = ("unit", "service", "http", "e2e", "multinode")
+PROCESS_TIERS = ("e2e", "multinode")  # the tiers that may start casd processes
 SERVER_FIXTURES = {"server", "module_server", "casd_server_factory"}
 
 
@@ -81,7 +82,7 @@ def _starts_casd(args: Any) -> bool:
 
 
 def _guarded_popen_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
-    if _running_tier and _running_tier[0] != "e2e" and _starts_casd(args):
+    if _running_tier and _running_tier[0] not in PROCESS_TIERS and _starts_casd(args):
         raise RuntimeError(f"a {_running_tier[0]} test starts casd: mark it e2e")
     _popen_init(self, args, *rest, **kw)
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from casd.database import migrate
-from casd.errors import UnsuitableDatabase
+from casd.database_checks import UnsuitableDatabase
 from tests.conftest import create_database, free_port, with_database_name
 from tests.pg_variants import standby_of, transaction_pooler
 
