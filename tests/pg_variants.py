@@ -44,11 +44,16 @@ def embedded_or_skip() -> None:
         pytest.skip("needs the embedded test cluster (CASD_TEST_DATABASE_URL is set)")
 
 
-def standby_of(primary_url: str, pgdata: Path) -> Iterator[str]:
-    """The URL of a hot standby of ``primary_url`` for as long as the generator runs."""
+def primary_and_standby(directory: Path) -> Iterator[tuple[str, str]]:
+    """The URLs of a fresh embedded cluster and of a hot standby of it, for as long as the
+    generator runs. A cluster of their own: a base backup of the session's cluster would copy
+    every test database made so far."""
     embedded_or_skip()
-    with Standby(pgdata, primary_url) as standby:
-        yield standby.url
+    with (
+        EmbeddedPostgres(directory / "primary" / "postgres") as primary,
+        Standby(directory / "standby" / "postgres", primary.url) as standby,
+    ):
+        yield primary.url, standby.url
 
 
 def transaction_pooler(server_url: str, directory: Path) -> Iterator[str]:

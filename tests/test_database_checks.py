@@ -16,13 +16,13 @@ import pytest
 from casd.database import migrate
 from casd.database_checks import UnsuitableDatabase
 from tests.conftest import create_database, free_port, with_database_name
-from tests.pg_variants import standby_of, transaction_pooler
+from tests.pg_variants import primary_and_standby, transaction_pooler
 
 
 @pytest.fixture(scope="module")
-def standby_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    create_database(postgres_url)  # something to replicate besides the defaults
-    yield from standby_of(postgres_url, tmp_path_factory.mktemp("standby") / "postgres")
+def standby_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    for _primary, standby in primary_and_standby(tmp_path_factory.mktemp("replicated")):
+        yield standby
 
 
 @pytest.fixture(scope="module")
