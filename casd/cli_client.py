@@ -1,7 +1,7 @@
 """The transfer commands of the ``casd`` CLI: put, get, cat, digest, uploads, login.
 
 They talk to a server over HTTP through :mod:`casd.client`; which server and token is decided
-by :mod:`casd.client_config` (flags, ``CASD_*`` variables, ``~/.config/casd/config.toml``).
+by :mod:`casd.client.config` (flags, ``CASD_*`` variables, ``~/.config/casd/config.toml``).
 Results go to stdout (``--json`` for scripts), progress to stderr; errors become one line and
 the exit status of :mod:`casd.exit_codes` (the ``casd`` group does that for every
 :class:`casd.errors.CasdError`). The name commands are in :mod:`casd.cli_names`.
@@ -30,7 +30,7 @@ from casd.cli_common import (
     stdout_bytes,
 )
 from casd.cli_progress import Reporter
-from casd.client_config import DEFAULT_URL as DEFAULT_URL  # the server when none is configured
+from casd.client.config import DEFAULT_URL as DEFAULT_URL  # the server when none is configured
 
 if TYPE_CHECKING:
     from casd.client import Client, NameRecord, StoredBlob
@@ -205,7 +205,7 @@ def cat(ref: str, options: ClientOptions) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def digest_command(file: str, as_json: bool, quiet: bool) -> None:
     """Print the digest of FILE (- for stdin) as casd names it: blake3:<64 hex>."""
-    from casd.client_support import hash_file, hash_stream
+    from casd.client.files import hash_file, hash_stream
 
     reporter = Reporter(quiet)
     try:
@@ -242,7 +242,7 @@ def uploads(cancel: tuple[str, ...], options: ClientOptions) -> None:
 
 
 def journal_records() -> list[Any]:
-    from casd.client_state import UploadJournal
+    from casd.client.state import UploadJournal
 
     return list(UploadJournal().records())
 
@@ -269,7 +269,7 @@ def upload_line(upload: dict[str, Any]) -> str:
 def login(server: str, url: str | None, token_file: Path | None) -> None:
     """Check a token against a server and keep it (mode 0600) for the next commands."""
     from casd.client import Client
-    from casd.client_config import ClientConfig, read_token_file, save_login
+    from casd.client.config import ClientConfig, read_token_file, save_login
 
     config = ClientConfig.load()
     known = config.servers.get(server)

@@ -119,8 +119,8 @@ def run_client(
 ) -> Any:
     """Run ``work(client, reporter)`` on a fresh event loop, connected as the options say."""
     from casd.client import Client, Retry
-    from casd.client_config import connection
-    from casd.client_state import UploadJournal
+    from casd.client.config import connection
+    from casd.client.state import UploadJournal
 
     target = connection(
         url_flag=options.url,

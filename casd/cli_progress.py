@@ -9,7 +9,7 @@ import threading
 import time
 from typing import IO, Any
 
-from casd.client_support import Progress
+from casd.client.files import Progress
 
 # Seconds between two plain progress lines (CASD_PROGRESS_INTERVAL changes it).
 DEFAULT_INTERVAL = 5.0

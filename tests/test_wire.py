@@ -14,7 +14,8 @@ import yaml
 
 from casd import errors, wire
 from casd.auth import Token
-from casd.client_support import UnexpectedAnswer, error_class, error_from_problem, parsed
+from casd.client.errors import UnexpectedAnswer, error_class, error_from_problem
+from casd.client.records import parsed
 from casd.names import HistoryEntry, NameRecord
 from casd.policies import Policy
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from casd.config import DEFAULT_LISTEN
-
-DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
+# The server when none is configured: where ``casd serve`` listens by default.
+DEFAULT_URL = "http://127.0.0.1:8480"
 _SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -1,65 +1,40 @@
-"""An async client for casd on aiohttp's client: blobs, resumable uploads, names.
-
-::
-
-    async with Client("http://127.0.0.1:8480", token) as casd:
-        blob = await casd.put_file("disk.qcow2")
-        await casd.tag("prod/disk.qcow2", blob.digest)
-        await casd.get("prod/disk.qcow2", "copy.qcow2")
-
-Small files go up in one ``PUT`` with ``Expect: 100-continue`` (nothing is sent when the blob
-is stored already); large ones through a resumable upload that survives dropped connections
-and server restarts, resuming from the offset the server reports; with an
-:class:`~casd.client_state.UploadJournal`, a later process resumes it too. Downloads are hashed
-while they are written to a partial file next to the target (named after the digest, kept when
-the transfer breaks, resumed with ``Range`` by the next download), which becomes the target only
-once verified. Retries back off, are announced to ``on_retry``, and never repeat what cannot
-succeed (TLS failures, 4xx answers but 408 and 429).
-Every failure raises a :class:`casd.errors.CasdError` subclass carrying the problem's ``code``
-(``error.status`` is the HTTP status, ``error.extra`` the rest of the problem body, such as
-``current`` for ``precondition-failed``).
-"""
+"""The :class:`Client`: blobs, resumable uploads and verified downloads (names: in
+:class:`casd.client.names.NameCalls`, which it extends)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import quote
+from typing import IO, Any
 
 import aiohttp
 import blake3
 from yarl import URL
 
 from casd import wire
-from casd.client_state import FileIdentity, UploadJournal
-from casd.client_support import (
+from casd.client.errors import (
     TRANSPORT_ERRORS,
-    Download,
     LocalFileError,
+    offset_header,
+    raise_for_problem,
+    unreachable,
+)
+from casd.client.files import (
+    Download,
     Progress,
-    Retry,
-    RetryNote,
-    StoredBlob,
     Throttle,
-    TlsFailure,
     buffers,
-    error_from_problem,
     file_chunks,
     hash_file,
     local,
-    offset_header,
-    parsed,
-    raise_for_problem,
-    retry_after,
-    stored,
     stream_chunks,
-    unreachable,
 )
+from casd.client.names import NameCalls
+from casd.client.records import StoredBlob, parsed, stored
+from casd.client.retry import Retry, RetryNote
+from casd.client.state import FileIdentity, UploadJournal
 from casd.digests import parse_digest
 from casd.errors import (
     BlobNotFound,
@@ -67,30 +42,16 @@ from casd.errors import (
     DigestMismatch,
     InvalidRequest,
     MismatchingUploadOffset,
-    NameNotFound,
-    PreconditionFailed,
     Unavailable,
     UploadNotFound,
 )
-from casd.wire import DIGEST_PREFIX, HistoryEntry, NameRecord, TokenInfo
-
-T = TypeVar("T")
+from casd.wire import DIGEST_PREFIX
 
 # Files up to this size go up in one PUT; larger ones through a resumable upload.
 SMALL_FILE_LIMIT = 8 * 1024 * 1024
 
-__all__ = [
-    "Client",
-    "HistoryEntry",
-    "NameRecord",
-    "Progress",
-    "Retry",
-    "StoredBlob",
-    "error_from_problem",
-]
 
-
-class Client:
+class Client(NameCalls):
     """A casd client. Use as ``async with Client(url, token) as casd``."""
 
     def __init__(
@@ -109,94 +70,12 @@ class Client:
         """``timeout``: seconds to connect and, once connected, without a byte (default 30
         and 300); ``on_retry`` hears of every retry; ``limit_rate``: bytes per second of each
         transfer; ``journal``: remember uploads so that a later process resumes them."""
-        self.url = url.rstrip("/")
-        self.token = token
-        self.retry = retry or Retry()
+        super().__init__(
+            url, token, session=session, retry=retry, timeout=timeout, on_retry=on_retry
+        )
         self.small_file_limit = small_file_limit
-        self.timeout = timeout
-        self.on_retry = on_retry
         self.limit_rate = limit_rate
         self.journal = journal
-        self._session = session
-        self._own_session = session is None
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # No overall limit: a 2.5 GB upload over a slow link takes hours.
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=self.timeout or 30, sock_read=self.timeout or 300
-            )
-            self._session = aiohttp.ClientSession(timeout=timeout)
-        return self._session
-
-    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return headers | (extra or {})
-
-    def endpoint(self, path: str) -> URL:
-        # encoded=True: names are sent as given (a name like 'a/../b' is the server's to refuse).
-        return URL(self.url + path, encoded=True)
-
-    def name_endpoint(self, prefix: str, name: str) -> URL:
-        return self.endpoint(prefix + quote(name, safe="/"))
-
-    async def request_json(
-        self,
-        method: str,
-        url: URL,
-        *,
-        ok: tuple[int, ...] = (200,),
-        not_found: type[CasdError] = BlobNotFound,
-        **kwargs: Any,
-    ) -> tuple[int, Any, dict[str, str]]:
-        """One request; its status, JSON body and headers, or the typed error."""
-        kwargs["headers"] = self.headers(kwargs.get("headers"))
-        try:
-            async with self.session.request(method, url, **kwargs) as response:
-                if response.status not in ok:
-                    await raise_for_problem(response, not_found)
-                body = await response.json(content_type=None) if response.status != 204 else None
-                return response.status, body, dict(response.headers)
-        except TRANSPORT_ERRORS as error:
-            raise unreachable(self.url, error) from error
-
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()`` again with backoff while the server is unreachable or unavailable."""
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except Unavailable as error:
-                failures += 1
-                await self.backoff(failures, error)
-
-    async def backoff(self, failures: int, error: CasdError, giving_up: str = "") -> None:
-        """Wait before try ``failures + 1``; raise when the tries are used up or ``error``
-        cannot go away by trying again (TLS). ``giving_up`` prefixes the final message."""
-        if isinstance(error, TlsFailure):
-            raise error
-        if failures >= self.retry.attempts:
-            if not giving_up:
-                raise error
-            raise Unavailable(
-                f"{giving_up}: gave up after {failures} tries: {error.detail}"
-            ) from error
-        delay = retry_after(error) or self.retry.delay(failures)
-        if self.on_retry is not None:
-            self.on_retry(failures, self.retry.attempts, delay, error)
-        await asyncio.sleep(delay)
 
     # --- blobs ---
 
@@ -508,168 +387,3 @@ class Client:
             return error
         except TRANSPORT_ERRORS as error:
             return unreachable(self.url, error)
-
-    # --- names ---
-
-    async def resolve(self, name: str) -> NameRecord:
-        """The record of a name."""
-        _, body, _ = await self.retrying(
-            lambda: self.request_json("GET", self.name_endpoint("/v1/names/", name))
-        )
-        return parsed(NameRecord, body)
-
-    async def set_name(
-        self,
-        name: str,
-        digest: str,
-        *,
-        version: int | None = None,
-        create: bool = False,
-        metadata: dict[str, Any] | None = None,
-    ) -> NameRecord:
-        """Point a name at a digest if it is still at ``version`` (or, with ``create``, if it
-        does not exist): compare-and-swap. Else :class:`PreconditionFailed`, whose
-        ``extra["current"]`` is the record as it is now."""
-        headers = {"If-None-Match": "*"} if create else {}
-        if version is not None:
-            headers["If-Match"] = wire.version_etag(version)
-        payload: dict[str, Any] = {"digest": digest}
-        if metadata is not None:
-            payload["metadata"] = metadata
-        _, body, _ = await self.request_json(
-            "PUT",
-            self.name_endpoint("/v1/names/", name),
-            json=payload,
-            headers=headers,
-            ok=(200, 201),
-        )
-        return parsed(NameRecord, body)
-
-    async def update_name(
-        self,
-        name: str,
-        change: Callable[[NameRecord | None], tuple[str, dict[str, Any] | None]],
-        *,
-        attempts: int = 20,
-    ) -> NameRecord:
-        """Read-modify-write: ``change(current)`` gives the new digest and metadata (None keeps
-        the metadata); retried on ``412`` with the record the server reports as current."""
-        current = await self.current(name)
-        for _ in range(attempts):
-            digest, metadata = change(current)
-            try:
-                if current is None:
-                    return await self.set_name(name, digest, create=True, metadata=metadata)
-                return await self.set_name(name, digest, version=current.version, metadata=metadata)
-            except PreconditionFailed as error:
-                found = error.extra.get("current")
-                current = parsed(NameRecord, found) if found else None
-        raise PreconditionFailed(f"{name} kept changing; gave up after {attempts} attempts")
-
-    async def tag(
-        self, name: str, digest: str, *, metadata: dict[str, Any] | None = None
-    ) -> NameRecord:
-        """Point a name at a digest, whatever it points at now (compare-and-swap, retried)."""
-        return await self.update_name(name, lambda current: (digest, metadata))
-
-    async def delete_name(self, name: str, *, version: int) -> None:
-        await self.request_json(
-            "DELETE",
-            self.name_endpoint("/v1/names/", name),
-            headers={"If-Match": wire.version_etag(version)},
-            ok=(204,),
-        )
-
-    async def remove_name(self, name: str, *, version: int | None = None) -> int:
-        """Delete a name at ``version`` (compare-and-swap), or whatever version it is at now
-        (retried on ``412``); the version deleted."""
-        if version is not None:
-            await self.delete_name(name, version=version)
-            return version
-        for _ in range(20):
-            current = await self.resolve(name)
-            try:
-                await self.delete_name(name, version=current.version)
-                return current.version
-            except PreconditionFailed:
-                continue
-        raise PreconditionFailed(f"{name} kept changing; gave up deleting it")
-
-    async def rollback(self, name: str, *, to_version: int | None = None) -> NameRecord:
-        """Point a name back at the digest (and metadata) of an earlier version: by default
-        the newest one before the current whose digest differs. A compare-and-swap from the
-        current version, recorded in the history like any change; :class:`PreconditionFailed`
-        if the name changed meanwhile."""
-        current = await self.resolve(name)
-        earlier = await self._earlier(name, current, to_version)
-        return await self.set_name(
-            name, earlier.digest or "", version=current.version, metadata=earlier.metadata
-        )
-
-    async def _earlier(
-        self, name: str, current: NameRecord, to_version: int | None
-    ) -> HistoryEntry:
-        if to_version is not None:
-            entries = await self.history(name, limit=1, before=to_version + 1)
-            if not entries or entries[0].version != to_version or entries[0].digest is None:
-                raise NameNotFound(f"{name} has no version {to_version} to go back to")
-            return entries[0]
-        before: int | None = current.version
-        while before is not None:
-            entries = await self.history(name, limit=100, before=before)
-            for entry in entries:
-                if entry.digest is not None and entry.digest != current.digest:
-                    return entry
-            before = entries[-1].version if len(entries) == 100 else None
-        raise NameNotFound(
-            f"{name} never pointed at another digest before version {current.version}"
-        )
-
-    async def token_info(self) -> TokenInfo | None:
-        """What the server says about our token (``GET /v1/token``): its ``write_prefixes``,
-        ``admin`` and the rest; None from a server that cannot say."""
-        try:
-            _, body, _ = await self.retrying(
-                lambda: self.request_json("GET", self.endpoint("/v1/token"))
-            )
-        except InvalidRequest as error:
-            if error.status in (404, 405):
-                return None
-            raise
-        return parsed(TokenInfo, body)
-
-    async def _names_page(self, prefix: str, page: int, after: str | None) -> Any:
-        params = {"prefix": prefix, "limit": str(page)} | ({"after": after} if after else {})
-        _, body, _ = await self.request_json("GET", self.endpoint("/v1/names"), params=params)
-        return body
-
-    async def current(self, name: str) -> NameRecord | None:
-        try:
-            return await self.resolve(name)
-        except NameNotFound:
-            return None
-
-    async def history(
-        self, name: str, *, limit: int | None = None, before: int | None = None
-    ) -> list[HistoryEntry]:
-        """The changes of a name, newest first."""
-        params = {"limit": str(limit)} if limit is not None else {}
-        if before is not None:
-            params["before"] = str(before)
-        _, body, _ = await self.retrying(
-            lambda: self.request_json(
-                "GET", self.name_endpoint("/v1/history/", name), params=params
-            )
-        )
-        return [parsed(HistoryEntry, entry) for entry in body["history"]]
-
-    async def list_names(self, prefix: str = "", *, page: int = 100) -> AsyncIterator[NameRecord]:
-        """Every name that starts with ``prefix``, in order, fetched a page at a time."""
-        after: str | None = None
-        while True:
-            body = await self.retrying(functools.partial(self._names_page, prefix, page, after))
-            for record in body["names"]:
-                yield parsed(NameRecord, record)
-            after = body.get("next")
-            if not after:
-                return
