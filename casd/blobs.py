@@ -87,10 +87,18 @@ class CorruptBlob(CasdError):
 
 
 class BlobService:
-    def __init__(self, db: Database, store: BlobStore, max_blob_size: int | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        max_blob_size: int | None = None,
+        *,
+        verify_reads: bool = True,
+    ) -> None:
         self.db = db
         self.store = store
         self.max_blob_size = max_blob_size
+        self.verify_reads = verify_reads  # CASD_VERIFY_READS: whole reads are hashed as they go
 
     def check_announced_size(self, size: int | None) -> None:
         if size is not None and self.max_blob_size is not None and size > self.max_blob_size:
@@ -280,13 +288,14 @@ class BlobService:
 
     @contextlib.asynccontextmanager
     async def open_for_reading(
-        self, info: BlobInfo, start: int = 0, end: int | None = None, *, verify: bool = False
+        self, info: BlobInfo, start: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncGenerator[bytes]]:
         """The blob's bytes ``start``..``end``, opened (one store operation) and checked before
         the caller sends any header: the errors a client should see are raised on entry.
-        ``verify`` (a whole blob only): the bytes are hashed as they go, see
-        :meth:`_read_verified`."""
-        hasher = new_hasher() if verify else None
+        A whole blob (no ``start`` or ``end``) is hashed as it goes, see :meth:`_read_verified`,
+        unless the server runs with ``CASD_VERIFY_READS=0``; a range never is."""
+        whole = start == 0 and end is None
+        hasher = new_hasher() if whole and self.verify_reads else None
         observe = None if hasher is None else hasher.update
         async with contextlib.AsyncExitStack() as stack:
             try:

@@ -119,8 +119,7 @@ async def check_name_write(
     current = await client.current(name)
     if create and current is not None:
         raise PreconditionFailed(
-            f"{name} exists (version {current.version}: {current.digest}); --create leaves it",
-            current=current.as_dict(),
+            f"{name} exists (version {current.version}: {current.digest}); --create leaves it"
         )
     if expect_version is not None and (current is None or current.version != expect_version):
         where = f"at version {current.version}" if current else "absent"
@@ -178,7 +177,9 @@ def get(ref: str, output: str, options: ClientOptions) -> None:
 
 
 async def digest_of(client: Client, ref: str) -> str:
-    return ref if ref.startswith("blake3:") else (await client.resolve(ref)).digest
+    from casd.digests import is_digest_ref
+
+    return ref if is_digest_ref(ref) else (await client.resolve(ref)).digest
 
 
 def fetch_to_stdout(ref: str, options: ClientOptions) -> None:

@@ -68,7 +68,7 @@ async def open_core(
     )
     try:
         store = open_store(settings)
-        blobs = BlobService(db, store, settings.max_blob_size)
+        blobs = BlobService(db, store, settings.max_blob_size, verify_reads=settings.verify_reads)
         core = Core(
             settings=settings,
             db=db,

@@ -1,4 +1,6 @@
-"""BLAKE3 digests: parsing, computing, and the one function that maps a digest to a path."""
+"""BLAKE3 digests: parsing, computing, and the one function that maps a digest to a path.
+
+The format itself (``blake3:<64 hex>``) is spelled out once, in :mod:`casd.wire`."""
 
 from __future__ import annotations
 
@@ -8,18 +10,28 @@ import blake3
 
 from casd.errors import InvalidDigest
 from casd.wire import DIGEST_ALGORITHM as ALGORITHM
-from casd.wire import DIGEST_PREFIX, is_digest
+from casd.wire import DIGEST_FORMAT, DIGEST_PREFIX, is_digest
 
 
 def parse_digest(text: str) -> str:
     """Return ``text`` if it is a well-formed digest, else raise :class:`InvalidDigest`."""
     if not is_digest(text):
-        raise InvalidDigest(f"{text[:100]!r} is not 'blake3:' followed by 64 lowercase hex digits")
+        raise InvalidDigest(f"{text[:100]!r} is not {DIGEST_FORMAT}")
     return text
 
 
+def is_digest_ref(ref: str) -> bool:
+    """Whether a reference a user gives means a digest rather than a name (names have no
+    colon)."""
+    return ref.startswith(DIGEST_PREFIX)
+
+
 def hex_of(digest: str) -> str:
-    return digest.partition(":")[2]
+    return digest.removeprefix(DIGEST_PREFIX)
+
+
+def digest_from_hex(hexdigest: str) -> str:
+    return DIGEST_PREFIX + hexdigest
 
 
 def blob_relpath(digest: str) -> PurePosixPath:
@@ -34,11 +46,11 @@ def new_hasher() -> blake3.blake3:
 
 
 def format_digest(hasher: blake3.blake3) -> str:
-    return DIGEST_PREFIX + hasher.hexdigest()
+    return digest_from_hex(hasher.hexdigest())
 
 
 def digest_of(data: bytes) -> str:
-    return DIGEST_PREFIX + blake3.blake3(data).hexdigest()
+    return format_digest(blake3.blake3(data))
 
 
 def lock_key(digest: str) -> int:

@@ -3,14 +3,19 @@
 Every error a client can see is a subclass of :class:`CasdError`; its ``code`` is the
 problem+json slug of the API contract, whose HTTP status and title come from the one table in
 :mod:`casd.wire` (so the server and the client cannot disagree), and its docstring the default
-message. The HTTP layer maps them to responses in exactly one middleware.
+message. What an error says beyond that is in typed fields (``offset``, ``retry_after``, a
+name's ``current`` record): no service speaks HTTP; ``casd.http.problems`` renders the fields
+as headers and members of the problem body, in exactly one middleware.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casd.wire import PROBLEMS
+
+if TYPE_CHECKING:
+    from casd.names import NameRecord
 
 
 class CasdError(Exception):
@@ -28,16 +33,24 @@ class CasdError(Exception):
             cls.status, cls.title = PROBLEMS[cls.code]
 
     def __init__(
-        self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        detail: str | None = None,
+        *,
+        offset: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         self.detail = detail or (self.__doc__ or "").strip()
-        self.headers = headers or {}
-        self.extra = extra  # more members of the problem body, e.g. "current"
+        # The byte at which the upload this error concerns goes on (all before it is kept).
+        self.offset = offset
+        # Seconds after which the same request may well succeed.
+        self.retry_after = retry_after
+        # Members of a problem body that a client received and no field above holds.
+        self.extra: dict[str, Any] = {}
         super().__init__(self.detail)
 
 
 class InvalidDigest(CasdError):
-    """A digest is 'blake3:' followed by 64 lowercase hex characters."""
+    """The digest is malformed (casd.wire.DIGEST_FORMAT says what a digest is)."""
 
     code = "invalid-digest"
 
@@ -70,6 +83,20 @@ class MethodNotAllowed(InvalidRequest):
     """Method not allowed on this resource."""
 
     status, title = 405, "Method Not Allowed"
+
+    def __init__(self, detail: str | None = None, *, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.allowed = allowed  # the methods the resource has
+
+
+class RangeNotSatisfiable(InvalidRequest):
+    """The requested range lies outside the blob."""
+
+    status, title = 416, "Range Not Satisfiable"
+
+    def __init__(self, detail: str | None = None, *, size: int) -> None:
+        super().__init__(detail)
+        self.size = size  # of the whole blob
 
 
 class ExpectationFailed(InvalidRequest):
@@ -114,6 +141,14 @@ class PreconditionFailed(CasdError):
     code = "precondition-failed"
 
 
+class NameConflict(PreconditionFailed):
+    """The name is not as the write expected."""
+
+    def __init__(self, detail: str | None = None, *, current: NameRecord | None) -> None:
+        super().__init__(detail)
+        self.current = current  # the name as it is now; None: it does not exist
+
+
 class UploadNotFound(CasdError):
     """No such upload."""
 
@@ -143,11 +178,6 @@ class Unauthorized(CasdError):
 
     code = "unauthorized"
 
-    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        # RFC 9110: a 401 names the authentication scheme it wants.
-        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="casd"')
-
 
 class Forbidden(CasdError):
     """The token may not write here."""
@@ -165,6 +195,19 @@ class NamespaceQuotaExceeded(CasdError):
     """The names under a prefix would reference more bytes than its quota allows."""
 
     code = "namespace-quota-exceeded"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        prefix: str | None = None,
+        quota_bytes: int | None = None,
+        used_bytes: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.prefix = prefix  # of the policy whose quota the write would exceed
+        self.quota_bytes = quota_bytes
+        self.used_bytes = used_bytes  # what the names under the prefix reference now
 
 
 class ProtectedName(Forbidden):
@@ -197,6 +240,15 @@ class Unavailable(CasdError):
     code = "unavailable"
 
 
+class NotReady(Unavailable):
+    """This server cannot serve every request now."""
+
+    def __init__(self, detail: str, *, state: str, checks: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.state = state  # "degraded" (reads still work) or "unavailable"
+        self.checks = checks  # each backing service: "ok" or what is wrong with it
+
+
 class RequestTimeout(CasdError):
     """The request body stalled: no byte arrived for too long."""
 
@@ -208,20 +260,14 @@ class UnsupportedEncoding(CasdError):
 
     code = "unsupported-content-encoding"
 
-    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        # RFC 9110 section 15.5.16: a 415 for a content coding says which codings are accepted.
-        self.headers.setdefault("Accept-Encoding", "identity")
-
 
 class TooManyUploads(CasdError):
     """This token has as many uploads in progress as this server allows; retry later."""
 
     code = "too-many-uploads"
 
-    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
-        super().__init__(detail, **kwargs)
-        self.headers.setdefault("Retry-After", "1")
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = 1) -> None:
+        super().__init__(detail, retry_after=retry_after)
 
 
 class IncompleteBody(InvalidRequest):

@@ -23,6 +23,7 @@ from casd.digests import lock_key, parse_digest
 from casd.errors import (
     InvalidName,
     InvalidRequest,
+    NameConflict,
     NameNotFound,
     PreconditionFailed,
     UnknownBlob,
@@ -172,9 +173,7 @@ class Precondition:
 
     def check(self, current: NameRecord | None) -> None:
         if not self.met_by(current):
-            raise PreconditionFailed(
-                self._explain(current), current=current.as_dict() if current else None
-            )
+            raise NameConflict(self._explain(current), current=current)
 
     def _explain(self, current: NameRecord | None) -> str:
         if current is None:

@@ -139,7 +139,7 @@ class UploadLeases:
 
     def require_process(self) -> int:
         if self.process is None:
-            raise Unavailable("the server is reconnecting to its database", headers=_RETRY)
+            raise Unavailable("the server is reconnecting to its database", retry_after=RETRY)
         return self.process
 
     async def create(self, upload_id: str, token_id: int, row: UploadRow) -> Lease:
@@ -238,7 +238,9 @@ class UploadLeases:
             if writer is None and await self._claim(lease):
                 return
             if loop.time() > deadline:
-                raise Unavailable("an earlier request to this upload does not end", headers=_RETRY)
+                raise Unavailable(
+                    "an earlier request to this upload does not end", retry_after=RETRY
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(news.wait(), POLL_SECONDS)
             news.clear()  # before reading: news that arrives while we read wakes the next wait
@@ -333,7 +335,8 @@ class UploadLeases:
                 log.warning("upload leases: reconnecting failed: %s", error)
 
 
-_RETRY = {"Retry-After": "1"}
+# Seconds after which a request refused for a passing reason may try again.
+RETRY = 1
 
 
 async def _lock_process_number(connection: asyncpg.Connection) -> int:
@@ -348,10 +351,9 @@ async def _lock_process_number(connection: asyncpg.Connection) -> int:
 def _check_still_newest(lease: Lease, row: Any) -> None:
     """Raise if a request that waits to write was stopped or overtaken while it waited."""
     if lease.reason in (StopReason.SHUTDOWN, StopReason.LOST):
-        raise Unavailable(lease.reason.value, headers=_RETRY)
+        raise Unavailable(lease.reason.value, retry_after=RETRY)
     if lease.reason is not None or row["epoch"] > lease.epoch:
         offset = row["upload_offset"]
         raise MismatchingUploadOffset(
-            f"{StopReason.SUPERSEDED.value}; the upload continues at byte {offset}",
-            headers={"Upload-Offset": str(offset)},
+            f"{StopReason.SUPERSEDED.value}; the upload continues at byte {offset}", offset=offset
         )

@@ -218,8 +218,7 @@ class UploadService:
         """Refuse a request that cannot succeed before reading its body; the upload's length."""
         if request.offset != row.offset:
             raise MismatchingUploadOffset(
-                f"the upload is at byte {row.offset}, not {request.offset}",
-                headers={"Upload-Offset": str(row.offset)},
+                f"the upload is at byte {row.offset}, not {request.offset}", offset=row.offset
             )
         length = row.length if request.length is None else request.length
         if row.length is not None and length != row.length:
@@ -384,20 +383,19 @@ class UploadService:
             offset, sink.hashed = sink.recorded, -1
         kept = await self._release(lease, offset, sink)
         reason = error.reason if isinstance(error, WriterStopped) else None
-        headers = {"Upload-Offset": str(offset)}
         if reason is StopReason.GONE or (reason is not None and not kept):
             return UploadNotFound(f"upload {lease.upload_id} was removed")
         if reason is StopReason.SUPERSEDED:
             return MismatchingUploadOffset(
-                f"{reason.value}; the upload continues at byte {offset}", headers=headers
+                f"{reason.value}; the upload continues at byte {offset}", offset=offset
             )
         if reason is not None:
-            return Unavailable(f"{reason.value}; resume at byte {offset}", headers=headers)
+            return Unavailable(f"{reason.value}; resume at byte {offset}", offset=offset)
         if isinstance(error, BodyStalled):
-            return RequestTimeout(f"{error}; {offset} bytes are staged", headers=headers)
+            return RequestTimeout(f"{error}; {offset} bytes are staged", offset=offset)
         if isinstance(error, BodyBrokeOff):
             # The client is gone or its body is malformed: answer anyway, nobody may listen.
-            return IncompleteBody(f"{error}; {offset} bytes are staged", headers=headers)
+            return IncompleteBody(f"{error}; {offset} bytes are staged", offset=offset)
         return error
 
     async def _pause(self, lease: Lease, sink: _Sink) -> UploadStatus:

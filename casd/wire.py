@@ -77,8 +77,11 @@ RETRY_AFTER = "Retry-After"
 
 DIGEST_ALGORITHM = "blake3"
 DIGEST_PREFIX = f"{DIGEST_ALGORITHM}:"
-# BLAKE3-256 in lowercase hex: the only digest format of v1.
-DIGEST_PATTERN = re.compile(r"blake3:[0-9a-f]{64}")
+# BLAKE3-256 in lowercase hex: the only digest format of v1, spelled out only here.
+DIGEST_HEX_LENGTH = 64
+DIGEST_PATTERN = re.compile(rf"{re.escape(DIGEST_PREFIX)}[0-9a-f]{{{DIGEST_HEX_LENGTH}}}")
+# What a message says a digest is.
+DIGEST_FORMAT = f"'{DIGEST_PREFIX}' followed by {DIGEST_HEX_LENGTH} lowercase hex digits"
 
 
 def is_digest(text: str) -> bool:

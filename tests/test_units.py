@@ -8,8 +8,8 @@ import pytest
 
 from casd.config import load_settings, parse_duration, parse_listen, parse_size
 from casd.digests import blob_relpath, lock_key, parse_digest
-from casd.errors import InvalidDigest
-from casd.http.ranges import RangeNotSatisfiable, parse_range
+from casd.errors import InvalidDigest, RangeNotSatisfiable
+from casd.http.ranges import parse_range
 from casd.sqlfiles import migrations, parse_queries, queries
 
 

@@ -147,7 +147,6 @@ def test_prefix_covers_at_segment_boundaries() -> None:
 
 
 def test_variants_of_a_code_keep_their_own_status() -> None:
-    from casd.http.ranges import RangeNotSatisfiable
-
-    assert (RangeNotSatisfiable.status, RangeNotSatisfiable.code) == (416, "invalid-request")
+    unsatisfiable = errors.RangeNotSatisfiable
+    assert (unsatisfiable.status, unsatisfiable.code) == (416, "invalid-request")
     assert (errors.RouteNotFound.status, errors.RouteNotFound.code) == (404, "invalid-request")

@@ -245,7 +245,7 @@ class Client(NameCalls):
             except Unavailable as error:
                 offset, failure = None, error
             except InvalidRequest as error:
-                if wire.UPLOAD_OFFSET not in error.headers:
+                if error.offset is None:
                     raise
                 # The body broke off on the way (a proxy, say); the server kept what came.
                 offset, failure = offset_header(error), error

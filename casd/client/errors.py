@@ -82,15 +82,22 @@ def error_from_problem(
         kind = {404: not_found, **_STATUS_ERRORS}.get(status, InvalidRequest)
         if status >= 500 or status in RETRYABLE_4XX:
             kind = Unavailable
-        error = kind(f"HTTP {status} {text}".strip(), headers=headers)
+        error = kind(f"HTTP {status} {text}".strip())
     else:
         # 408 and 429 (request-timeout, too-many-uploads) may succeed later: retried.
         kind = Unavailable if status in RETRYABLE_4XX else error_class(body["code"])
-        extra = {key: value for key, value in body.items() if key not in wire.PROBLEM_MEMBERS}
-        error = kind(str(body.get("detail") or ""), headers=headers, **extra)
+        error = kind(str(body.get("detail") or ""))
+        error.extra = {key: value for key, value in body.items() if key not in wire.PROBLEM_MEMBERS}
         error.code = body["code"]
     error.status = status
+    error.offset = _header_int(headers, wire.UPLOAD_OFFSET)
+    error.retry_after = _header_int(headers, wire.RETRY_AFTER)
     return error
+
+
+def _header_int(headers: dict[str, str], name: str) -> int | None:
+    raw = headers.get(name, "").strip()
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 async def raise_for_problem(
@@ -111,5 +118,4 @@ def unreachable(url: str, error: BaseException) -> Unavailable:
 
 
 def offset_header(error: CasdError) -> int | None:
-    raw = error.headers.get(wire.UPLOAD_OFFSET, "")
-    return int(raw) if raw.isdigit() else None
+    return error.offset

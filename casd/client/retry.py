@@ -6,7 +6,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from casd import wire
 from casd.errors import CasdError
 
 # ``note(failures, attempts, delay, error)`` is called before each retry.
@@ -29,5 +28,4 @@ class Retry:
 
 def retry_after(error: CasdError) -> float | None:
     """The seconds a ``Retry-After`` header asks for (capped), None without one."""
-    raw = error.headers.get(wire.RETRY_AFTER, "").strip()
-    return min(float(raw), MAX_RETRY_AFTER) if raw.isdigit() else None
+    return None if error.retry_after is None else min(float(error.retry_after), MAX_RETRY_AFTER)

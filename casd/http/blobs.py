@@ -13,6 +13,7 @@ from casd.blobs import Blob, BlobInfo, Charge
 from casd.digests import parse_digest
 from casd.errors import CasdError, ExpectationFailed, InvalidRequest
 from casd.http.bodies import watched_chunks
+from casd.http.conditions import none_match
 from casd.http.context import core_of, request_token, require_blob_reader
 from casd.http.ranges import parse_range
 
@@ -126,14 +127,6 @@ async def head_blob(request: web.Request) -> web.StreamResponse:
     return await serve_blob(request, digest)
 
 
-def etag_matches(request: web.Request, digest: str) -> bool:
-    header = request.headers.get("If-None-Match")
-    if header is None:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in candidates or f'"{digest}"' in candidates
-
-
 async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     await require_blob_reader(request, digest, head=False)
@@ -147,27 +140,26 @@ async def serve_blob(
     ``headers`` are added to (or replace) the blob's own, for every answer but an error."""
     blobs = core_of(request).blobs
     extra = headers or {}
-    if request.method == "HEAD" or etag_matches(request, digest):
+    unchanged = none_match(request, f'"{digest}"')
+    if request.method == "HEAD" or unchanged:
         info = await blobs.readable(digest)  # no body: the stored size is checked, no more
-        if etag_matches(request, digest):
+        if unchanged:
             not_modified = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE} | extra
             return web.Response(status=304, headers=not_modified)
         return web.Response(headers=blob_headers(info) | {"Content-Length": str(info.size)} | extra)
     info = await blobs.servable(digest)
     byte_range = parse_range(request.headers.get("Range"), info.size)
     response = web.StreamResponse(headers=blob_headers(info) | extra)
+    start, end = 0, None  # the whole blob, verified as it goes (the blob service's policy)
     if byte_range is None:
-        start, end = 0, info.size
         response.content_length = info.size
-        verify = core_of(request).settings.verify_reads
     else:
         start, end = byte_range
         response.set_status(206)
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         response.content_length = end - start
-        verify = False
     # Opened and checked before any header goes out: a missing or resized blob is a clean error.
-    async with blobs.open_for_reading(info, start, end, verify=verify) as chunks:
+    async with blobs.open_for_reading(info, start, end) as chunks:
         await response.prepare(request)
         try:
             async for chunk in chunks:

@@ -16,16 +16,15 @@ from casd.errors import (
     InvalidName,
     InvalidRequest,
     PayloadTooLarge,
-    PreconditionRequired,
 )
 from casd.http.blobs import body_chunks, serve_blob
+from casd.http.conditions import none_match, write_precondition
 from casd.http.context import core_of, read_scope, request_token, require_reader
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
+from casd.wire import DIGEST_FORMAT, version_etag
 
 # A name's body is a digest and a little metadata; nothing legitimate comes near this.
 MAX_BODY = 256 * 1024
-# RFC 9110 entity tags as casd writes them: a version in quotes, maybe marked weak.
-_ENTITY_TAG = re.compile(r'(W/)?"([0-9]{1,19})"')
 _NUMBER = re.compile(r"[0-9]{1,19}")
 _BODY_MEMBERS = {"digest", "metadata"}
 _PROMOTE_MEMBERS = {"source", "source_version", "metadata"}
@@ -50,12 +49,8 @@ def names_of(request: web.Request) -> NameService:
     return core_of(request).names
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
 def record_response(record: NameRecord, status: int = 200) -> web.Response:
-    headers = {"ETag": etag(record.version), "Cache-Control": "no-cache"}
+    headers = {"ETag": version_etag(record.version), "Cache-Control": "no-cache"}
     if status == 201:
         headers["Location"] = f"/v1/names/{record.name}"
     return web.json_response(record.as_dict(), status=status, headers=headers)
@@ -65,9 +60,9 @@ async def get_name(request: web.Request) -> web.Response:
     name = validate_name(request.match_info["name"])
     await require_reader(request, name)
     record = await names_of(request).get(name)
-    if _none_match(request, record.version):
+    if none_match(request, version_etag(record.version)):
         return web.Response(
-            status=304, headers={"ETag": etag(record.version), "Cache-Control": "no-cache"}
+            status=304, headers={"ETag": version_etag(record.version), "Cache-Control": "no-cache"}
         )
     return record_response(record)
 
@@ -157,59 +152,6 @@ def number_param(request: web.Request, key: str) -> int | None:
     return value
 
 
-def write_precondition(request: web.Request, *, may_create: bool) -> Precondition:
-    """The precondition of a PUT (``If-None-Match: *`` or ``If-Match``) or a DELETE
-    (``If-Match``); a write without one is refused, so no client overwrites blindly."""
-    if_match = _joined(request, "If-Match")
-    if_none_match = _joined(request, "If-None-Match")
-    if if_none_match is not None:
-        if if_match is not None or not may_create or if_none_match.strip() != "*":
-            raise InvalidRequest(
-                "send 'If-None-Match: *' alone to create a name, or 'If-Match' to change one"
-                if may_create
-                else "a DELETE needs 'If-Match: \"<version>\"'"
-            )
-        return Precondition.create()
-    if if_match is None:
-        raise PreconditionRequired(
-            "send 'If-None-Match: *' to create the name or 'If-Match: \"<version>\"' to change it"
-            if may_create
-            else "send 'If-Match: \"<version>\"' to delete the name"
-        )
-    return Precondition.match(parse_if_match(if_match))
-
-
-def _joined(request: web.Request, header: str) -> str | None:
-    values = request.headers.getall(header, [])
-    return ", ".join(values) if values else None
-
-
-def parse_if_match(header: str) -> frozenset[int] | None:
-    """The versions an ``If-Match`` names; None for ``*`` (any version). Weak tags are
-    accepted but never match: RFC 9110 demands the strong comparison for ``If-Match``."""
-    if header.strip() == "*":
-        return None
-    versions = set()
-    items = [item.strip() for item in header.split(",") if item.strip()]
-    for item in items:
-        match = _ENTITY_TAG.fullmatch(item)
-        if match is None:
-            raise InvalidRequest(f"If-Match takes quoted versions like '\"3\"', not {item[:40]!r}")
-        if not match.group(1):
-            versions.add(int(match.group(2)))
-    if not items:
-        raise InvalidRequest("If-Match is empty")
-    return frozenset(versions)
-
-
-def _none_match(request: web.Request, version: int) -> bool:
-    header = _joined(request, "If-None-Match")
-    if header is None:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag(version) in tags
-
-
 async def read_json(request: web.Request) -> Any:
     """The request body parsed as JSON, at most :data:`MAX_BODY` bytes of it."""
     if (request.content_length or 0) > MAX_BODY:
@@ -246,7 +188,7 @@ def parse_put_body(body: Any) -> tuple[str, dict[str, Any] | None]:
         raise InvalidRequest(f"unknown members {listed}; a name's body has digest and metadata")
     digest = body.get("digest")
     if not isinstance(digest, str):
-        raise InvalidDigest("the body needs a 'digest': 'blake3:' and 64 lowercase hex digits")
+        raise InvalidDigest(f"the body needs a 'digest': {DIGEST_FORMAT}")
     metadata = body.get("metadata")
     if "metadata" in body and not isinstance(metadata, dict):
         raise InvalidRequest("metadata must be a JSON object")

@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from casd import metrics
-from casd.errors import Unavailable
+from casd.errors import NotReady, Unavailable
 from casd.http.context import core_of
 
 
@@ -41,7 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ready", "checks": checks})
     degraded = checks == {"database": "ok", "blob_store": STORE_FULL}
     problems = "; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok")
-    raise Unavailable(problems, state="degraded" if degraded else "unavailable", checks=checks)
+    raise NotReady(problems, state="degraded" if degraded else "unavailable", checks=checks)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -1,4 +1,6 @@
-"""The one place where errors become ``application/problem+json`` responses (RFC 9457).
+"""The one place where errors become ``application/problem+json`` responses (RFC 9457): the
+typed fields of an error become headers (:func:`problem_headers`) and members of the problem
+body (:func:`problem_body`) here and nowhere else.
 
 Most errors pass through :func:`problem_middleware`. Two kinds of answer never reach it and are
 converted here too: those of aiohttp's HTTP parser (a malformed request line or header, a bad
@@ -21,38 +23,70 @@ from casd.errors import (
     ExpectationFailed,
     InvalidRequest,
     MethodNotAllowed,
+    NameConflict,
+    NamespaceQuotaExceeded,
+    NotReady,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     RequestTimeout,
     RouteNotFound,
+    Unauthorized,
     UnsupportedEncoding,
 )
+from casd.wire import PROBLEM_JSON, RETRY_AFTER, UPLOAD_OFFSET
 
 log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
-
 
 def problem_body(error: CasdError) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "type": "about:blank",
         "title": error.title,
         "status": error.status,
         "detail": error.detail,
         "code": error.code,
-        **error.extra,
     }
+    if isinstance(error, NameConflict):
+        body["current"] = None if error.current is None else error.current.as_dict()
+    if isinstance(error, NotReady):
+        body["state"], body["checks"] = error.state, error.checks
+    if isinstance(error, NamespaceQuotaExceeded):
+        body["prefix"], body["quota_bytes"] = error.prefix, error.quota_bytes
+        body["used_bytes"] = error.used_bytes
+    return body
 
 
-def problem_response(error: CasdError, headers: dict[str, str] | None = None) -> web.Response:
+def problem_headers(error: CasdError) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if error.offset is not None:
+        headers[UPLOAD_OFFSET] = str(error.offset)
+    if error.retry_after is not None:
+        headers[RETRY_AFTER] = str(error.retry_after)
+    if isinstance(error, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{error.size}"
+    if isinstance(error, MethodNotAllowed) and error.allowed:
+        headers["Allow"] = ",".join(error.allowed)  # as aiohttp writes it
+    if isinstance(error, Unauthorized):
+        # RFC 9110: a 401 names the authentication scheme it wants.
+        headers["WWW-Authenticate"] = 'Bearer realm="casd"'
+    if isinstance(error, UnsupportedEncoding):
+        # RFC 9110 section 15.5.16: a 415 for a content coding says which codings are accepted.
+        headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def problem_response(error: CasdError) -> web.Response:
     return web.Response(
         status=error.status,
         body=json.dumps(problem_body(error), default=str).encode(),
         content_type=PROBLEM_JSON,
-        headers=headers or {},
+        headers=problem_headers(error),
     )
 
 
 def _from_http_exception(exc: web.HTTPException) -> CasdError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(allowed=tuple(sorted(exc.allowed_methods)))
     return _from_status(exc.status, exc.reason, exc.text or exc.reason)
 
 
@@ -93,14 +127,13 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
         return response
     except CasdError as error:
-        return problem_response(error, error.headers)
+        return problem_response(error)
     except BodyStalled as error:
         return problem_response(RequestTimeout(f"{error}; the request was ended"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return problem_response(_from_http_exception(exc), headers)
+        return problem_response(_from_http_exception(exc))
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:

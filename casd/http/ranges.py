@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import re
 
-from casd.errors import CasdError
+from casd.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-class RangeNotSatisfiable(CasdError):
-    """The requested range lies outside the blob."""
-
-    status, code, title = 416, "invalid-request", "Range Not Satisfiable"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -42,6 +36,4 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _unsatisfiable(size: int) -> RangeNotSatisfiable:
-    return RangeNotSatisfiable(
-        f"the blob has {size} bytes", headers={"Content-Range": f"bytes */{size}"}
-    )
+    return RangeNotSatisfiable(f"the blob has {size} bytes", size=size)

@@ -11,6 +11,7 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
+from casd.digests import hex_of
 from casd.web.chart import human_bytes
 
 # Pages load nothing from elsewhere and run no script: the policy says so to the browser too.
@@ -29,7 +30,7 @@ SECURITY_HEADERS = {
 def short_digest(digest: str | None) -> str:
     if not digest:
         return ""
-    return digest.removeprefix("blake3:")[:12]
+    return hex_of(digest)[:12]
 
 
 def when(moment: datetime | None) -> str:
