@@ -3,8 +3,11 @@ itself with SIGKILL when it reaches the named point of a multi-step change, so t
 check what a crash exactly there leaves behind. Unset (always, outside tests), it costs one
 comparison per call.
 
-Points: ``publish-before-commit`` (a blob's file is in place, its row not yet committed) and
-``publish-before-settle`` (the row is committed, the publication journal not yet removed).
+Points: ``publish-before-commit`` (a blob's file is in place, its row not yet committed),
+``publish-before-settle`` (the row is committed, the publication journal not yet removed),
+``segment-before-record`` (a resumable upload's segment is durable, not yet recorded),
+``upload-before-publish`` (an upload's recorded segments are assembled, not yet published) and
+``upload-before-segments-deleted`` (the upload is complete, its segments not yet removed).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ database and the blob store at scrape time: every process and node sees the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -183,6 +184,19 @@ async def _usage(db: Database) -> list[Metric]:
     return [token_used, token_quota, prefix_used, prefix_quota]
 
 
+def _files_in(directory: Path) -> list[os.DirEntry[str]]:
+    """The files in ``directory`` and in its directories (a resumable upload's segments)."""
+    files: list[os.DirEntry[str]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError), os.scandir(entry.path) as inner:
+                    files.extend(inner)
+            else:
+                files.append(entry)
+    return files
+
+
 def _staged(staging_dirs: Mapping[str, Path]) -> list[Metric]:
     """Bytes and files staged on disk: uploads in progress and resumable uploads."""
     size = GaugeMetricFamily(
@@ -194,13 +208,12 @@ def _staged(staging_dirs: Mapping[str, Path]) -> list[Metric]:
     for area, directory in staging_dirs.items():
         count, total = 0, 0
         try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    try:
-                        total += entry.stat(follow_symlinks=False).st_size
-                        count += 1
-                    except FileNotFoundError:  # published or removed meanwhile
-                        pass
+            for entry in _files_in(directory):
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                    count += 1
+                except FileNotFoundError:  # published or removed meanwhile
+                    pass
         except FileNotFoundError:
             pass
         size.add_metric([area], total)

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
 IO_THREADS = 64
 
+# The longest a single request may stage bytes: staging older than this (in a store that cannot
+# tell a live writer, S3) was abandoned by a writer that died.
+STAGING_LIFETIME = 24 * 3600.0
+
 
 @contextlib.contextmanager
 def database_url_for(settings: Settings) -> Iterator[str]:
@@ -53,7 +57,7 @@ async def bootstrap(settings: Settings, database_url: str) -> None:
         log.info("applied migrations %s", applied)
     async with open_core(settings, database_url, pool_size=2, listen=False) as core:
         await core.uploads.recover_after_crash()
-        await core.store.sweep_staging(older_than=0)  # before any worker: no staging is in use
+        await core.store.sweep_staging(older_than=STAGING_LIFETIME)
         secret = await core.tokens.create_admin_if_first()
     if secret is not None:
         write_admin_token(settings, secret)

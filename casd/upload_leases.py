@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ import asyncpg
 
 from casd.database import Database, Queries
 from casd.errors import CasdError, MismatchingUploadOffset, Unavailable, UploadNotFound
+from casd.stores import Segment
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,12 @@ class UploadRow:
     offset: int
     length: int | None
     expected_digest: str | None
+    segments: tuple[Segment, ...] = ()  # hold the first ``offset`` bytes, in order
 
     @classmethod
     def of(cls, row: Any) -> UploadRow:
-        return cls(row["upload_offset"], row["upload_length"], row["expected_digest"])
+        segments = tuple(Segment(name, size) for name, size in row["segments"])
+        return cls(row["upload_offset"], row["upload_length"], row["expected_digest"], segments)
 
 
 def _check_not_completed(row: Any) -> None:
@@ -171,21 +174,29 @@ class UploadLeases:
             await self._wait_for_writer(lease, row, news, claim=False)
         return lease.row
 
-    async def checkpoint(self, lease: Lease, offset: int) -> None:
-        """Record durable progress; a writer that learns it is superseded is stopped."""
-        epoch = await self.db.fetchval("checkpoint_upload", lease.upload_id, lease.epoch, offset)
+    async def checkpoint(self, lease: Lease, offset: int, segments: Sequence[Segment]) -> bool:
+        """Record durable progress: the offset and the segments that hold the bytes up to it,
+        only while the lease holds; False if it did not. A writer that learns it is superseded
+        is stopped."""
+        epoch = await self.db.fetchval(
+            "checkpoint_upload", lease.upload_id, lease.epoch, offset, _encoded(segments)
+        )
         if epoch is None:
             lease.stop(StopReason.GONE)
         elif epoch > lease.epoch:
             lease.stop(StopReason.SUPERSEDED)
+        return epoch is not None
 
     async def set_length(self, lease: Lease, length: int) -> None:
         await self.db.execute("set_upload_length", lease.upload_id, lease.epoch, length)
 
-    async def release(self, lease: Lease, offset: int) -> bool:
-        """Record the final durable offset and let go; False if the lease was lost."""
+    async def release(self, lease: Lease, offset: int, segments: Sequence[Segment]) -> bool:
+        """Record the final durable offset with its segments and let go; False if the lease
+        was lost (nothing was recorded)."""
         try:
-            row = await self.db.fetchrow("release_upload", lease.upload_id, lease.epoch, offset)
+            row = await self.db.fetchrow(
+                "release_upload", lease.upload_id, lease.epoch, offset, _encoded(segments)
+            )
         finally:
             self._unregister(lease)
         return row is not None
@@ -337,6 +348,11 @@ class UploadLeases:
 
 # Seconds after which a request refused for a passing reason may try again.
 RETRY = 1
+
+
+def _encoded(segments: Sequence[Segment]) -> list[list[str | int]]:
+    """Segments as the row keeps them: a JSON array of [name, size]."""
+    return [[segment.name, segment.size] for segment in segments]
 
 
 async def _lock_process_number(connection: asyncpg.Connection) -> int:

@@ -1,11 +1,16 @@
 """Resumable uploads: bytes staged in the blob store over many requests, state in PostgreSQL.
 
-Each request appends its body to the upload's staging object while hashing it, and records
-how many bytes are durable (fsynced) whenever it pauses, is interrupted, or every few seconds.
-A complete upload is verified and published through the same path as ``PUT /v1/blobs``
-(:meth:`BlobService.publish`). The hasher stays in memory in the process that wrote last,
-keyed by the offset it covers; another process, or this one after a restart, hashes the staged
-prefix again, once. Who may write is decided in :mod:`casd.upload_leases`.
+Each request writes its body, hashing it (:mod:`casd.ingest`), into segments of the blob store
+named after its lease epoch: ``<epoch>.<n>``. Whenever it pauses, is interrupted, or every few
+seconds, it finishes the current segment (the bytes are durable) and records the new offset
+together with the segments in the upload's row, in one statement guarded by its epoch: the
+bytes of a writer that was superseded are never recorded, and any process of any node continues
+the upload from the row (scale-out.md §5.4). A complete upload's segments are assembled into
+one staged blob, verified and published through the same path as ``PUT /v1/blobs``
+(:meth:`BlobService.publish`); the segments go after the commit, and the sweep removes those
+that no row records. The hasher stays in memory in the process that wrote last, keyed by the
+offset it covers; another process hashes the recorded segments again, once. Who may write is
+decided in :mod:`casd.upload_leases`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import blake3
 
-from casd import wire
+from casd import crashpoints, wire
 from casd.auth import Token
 from casd.blobs import Blob, BlobService, Charge
 from casd.database import Database, Queries
@@ -40,7 +45,7 @@ from casd.errors import (
     UploadNotFound,
 )
 from casd.ingest import INGEST_BUFFER, HashingWriter
-from casd.stores import BlobStore, StagedBlob
+from casd.stores import BlobStore, Segment, StagedBlob, segment_name
 from casd.upload_leases import Lease, StopReason, UploadCompleted, UploadLeases, UploadRow
 
 log = logging.getLogger(__name__)
@@ -202,7 +207,7 @@ class UploadService:
             await self._discard(lease)  # an upload over budget leaves nothing behind
             raise
         except BaseException:
-            await self._release(lease, lease.row.offset)
+            await self._release_unchanged(lease)
             raise
         return await self._run(lease, request, body, fresh=False)
 
@@ -272,7 +277,7 @@ class UploadService:
         self._hashers.pop(upload_id, None)
         try:
             await self.db.execute("forget_upload", upload_id)
-            await self.store.delete_resumable(upload_id)
+            await self.store.delete_segments(upload_id)
         except CasdError as error:
             log.warning("upload %s: cannot remove it (%s); it expires", upload_id, error.detail)
 
@@ -280,39 +285,31 @@ class UploadService:
         self, lease: Lease, request: Append, body: RequestBody, *, fresh: bool
     ) -> UploadStatus | Blob:
         lease.on_stop(lambda reason: body.interrupt(WriterStopped(reason)))
-        recorded = lease.row.offset
+        sink = _Sink(self.store, lease)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    staging = self.store.resumable(lease.upload_id, lease.row.offset)
-                    staged = await stack.enter_async_context(staging)
-                except FileNotFoundError as error:
-                    await self._discard(lease)
-                    raise UploadNotFound("the staged bytes of this upload are lost") from error
-                sink = _Sink(staged, lease.row.offset)
-                try:
-                    return await self._write(lease, request, body, sink, fresh)
-                finally:
-                    recorded = sink.recorded
+            return await self._write(lease, request, body, sink, fresh)
         finally:
+            await sink.close()
             if self.leases.holds(lease):  # a failure on the way out: let go at a safe offset
                 log.warning(
-                    "upload %s: letting go at byte %d after a failure", lease.upload_id, recorded
+                    "upload %s: letting go at byte %d after a failure",
+                    lease.upload_id,
+                    sink.recorded,
                 )
-                await self.leases.release(lease, recorded)
+                await self.leases.release(lease, sink.recorded, sink.segments)
 
     async def _write(
         self, lease: Lease, request: Append, body: RequestBody, sink: _Sink, fresh: bool
     ) -> UploadStatus | Blob:
         try:
-            sink.resume(await self._hasher_for(lease))
+            sink.resume(await self._hasher_for(lease, sink))
             await _accept(body)
             await self._pump(lease, request, body, sink)
         except _INVALID as error:
             with contextlib.suppress(Exception):
-                await sink.settle()  # no write may land once another request may write
+                await sink.close()  # no write may land once another request may write
             discard = fresh or isinstance(error, QuotaExceeded)  # over budget: nothing stays
-            await (self._discard(lease) if discard else self._release(lease, sink.start))
+            await (self._discard(lease) if discard else self._release_unchanged(lease, sink))
             raise
         except BaseException as error:
             replacement = await self._keep_received(lease, sink, error)
@@ -323,8 +320,9 @@ class UploadService:
             return await self._complete(lease, request, sink)
         return await self._pause(lease, sink)
 
-    async def _hasher_for(self, lease: Lease) -> blake3.blake3:
-        """The in-memory hasher of the staged bytes, or a new one over them (read once)."""
+    async def _hasher_for(self, lease: Lease, sink: _Sink) -> blake3.blake3:
+        """The in-memory hasher of the staged bytes, or a new one over the recorded segments
+        (read once: a takeover, on this node or another)."""
         offset = lease.row.offset
         cached = self._hashers.pop(lease.upload_id, None)
         if cached is not None and cached[0] == offset:
@@ -332,10 +330,14 @@ class UploadService:
         hasher = new_hasher()
         if offset:
             log.info("upload %s: hashing its %d staged bytes again", lease.upload_id, offset)
-            async for chunk in self.store.read_resumable(lease.upload_id, offset):
-                if lease.reason is not None:
-                    raise WriterStopped(lease.reason)
-                await asyncio.to_thread(hasher.update, chunk)
+            try:
+                async for chunk in self.store.read_segments(lease.upload_id, sink.segments):
+                    if lease.reason is not None:
+                        raise WriterStopped(lease.reason)
+                    await asyncio.to_thread(hasher.update, chunk)
+            except FileNotFoundError as error:
+                await self._discard(lease)
+                raise UploadNotFound("the staged bytes of this upload are lost") from error
         return hasher
 
     async def _pump(self, lease: Lease, request: Append, body: RequestBody, sink: _Sink) -> None:
@@ -368,20 +370,20 @@ class UploadService:
             await sink.absorb(parts)
 
     async def _checkpoint(self, lease: Lease, sink: _Sink) -> None:
-        offset = await sink.sync()
-        await self.leases.checkpoint(lease, offset)
-        sink.recorded = offset
+        offset, segments = await sink.sync()
+        if await self.leases.checkpoint(lease, offset, segments):
+            sink.recorded_now(offset, segments)
 
     async def _keep_received(
         self, lease: Lease, sink: _Sink, error: BaseException
     ) -> BaseException:
         """Record the bytes that arrived before ``error`` ended the request; what to raise."""
         try:
-            offset = await sink.sync()
+            offset, segments = await sink.sync()
         except Exception:
             log.exception("upload %s: cannot make its last bytes durable", lease.upload_id)
-            offset, sink.hashed = sink.recorded, -1
-        kept = await self._release(lease, offset, sink)
+            offset, segments, sink.hashed = sink.recorded, sink.segments, -1
+        kept = await self._release(lease, offset, segments, sink)
         reason = error.reason if isinstance(error, WriterStopped) else None
         if reason is StopReason.GONE or (reason is not None and not kept):
             return UploadNotFound(f"upload {lease.upload_id} was removed")
@@ -399,15 +401,15 @@ class UploadService:
         return error
 
     async def _pause(self, lease: Lease, sink: _Sink) -> UploadStatus:
-        offset = await sink.sync()
-        if not await self._release(lease, offset, sink):
+        offset, segments = await sink.sync()
+        if not await self._release(lease, offset, segments, sink):
             raise UploadNotFound(f"upload {lease.upload_id} was removed while being written")
         return UploadStatus(lease.upload_id, offset, lease.row.length)
 
     async def _complete(self, lease: Lease, request: Append, sink: _Sink) -> Blob:
-        size = await sink.sync()
+        size, segments = await sink.sync()
         if lease.row.length is not None and size != lease.row.length:
-            await self._release(lease, sink.start)
+            await self._release_unchanged(lease, sink)
             raise InvalidRequest(
                 f"the upload has {size} bytes, Upload-Length says {lease.row.length}"
             )
@@ -418,38 +420,72 @@ class UploadService:
             raise DigestMismatch(f"the upload hashes to {digest}, not {expected}; it was discarded")
         # Every byte is recorded first: whatever a crash interrupts below, the upload can be
         # resumed from its end (and finished with an empty PATCH).
-        await self.leases.checkpoint(lease, size)
-        sink.recorded = size
+        if await self.leases.checkpoint(lease, size, segments):
+            sink.recorded_now(size, segments)
+        blob = await self._publish(lease, request, sink, digest, size)
+        crashpoints.reached("upload-before-segments-deleted")
+        await self._delete_segments(lease.upload_id)  # the sweep does it if this fails
+        return blob
+
+    async def _publish(
+        self, lease: Lease, request: Append, sink: _Sink, digest: str, size: int
+    ) -> Blob:
+        """Assemble the recorded segments and publish them; the upload is complete with the
+        blob's row (one transaction)."""
 
         async def record_completion(tx: Queries) -> None:
             await self.leases.complete(tx, lease, digest, size)
 
         try:
-            await self.blobs.publish(sink.staged, digest, request.charge, also=record_completion)
+            async with self.store.assemble(lease.upload_id, sink.segments, digest) as staged:
+                crashpoints.reached("upload-before-publish")
+                await self.blobs.publish(staged, digest, request.charge, also=record_completion)
+        except FileNotFoundError as error:
+            await self._discard(lease)
+            raise UploadNotFound("the staged bytes of this upload are lost") from error
         except QuotaExceeded:
             await self._discard(lease)
             raise
         except BaseException:
-            await self._release(lease, size, sink)
+            await self._release(lease, size, sink.segments, sink)
             raise
         self._hashers.pop(lease.upload_id, None)
         self.leases.finished(lease)
         log.info("upload %s complete: %s (%d bytes)", lease.upload_id, digest, size)
         return Blob(digest, size)
 
-    async def _release(self, lease: Lease, offset: int, sink: _Sink | None = None) -> bool:
-        """Let go of the upload at ``offset``; keep the hasher if it covers exactly that."""
-        kept = await self.leases.release(lease, offset)
-        if kept and sink is not None and sink.covers(offset):
-            self._hashers[lease.upload_id] = (offset, sink.hasher)
-            while len(self._hashers) > HASHER_CACHE_SIZE:
-                self._hashers.popitem(last=False)
+    async def _delete_segments(self, upload_id: str, names: list[str] | None = None) -> None:
+        try:
+            await self.store.delete_segments(upload_id, names)
+        except CasdError as error:
+            log.warning("upload %s: cannot remove segments (%s)", upload_id, error.detail)
+
+    async def _release(
+        self, lease: Lease, offset: int, segments: list[Segment], sink: _Sink | None = None
+    ) -> bool:
+        """Let go of the upload at ``offset`` (held by ``segments``); keep the hasher if it
+        covers exactly that."""
+        kept = await self.leases.release(lease, offset, segments)
+        if kept and sink is not None:
+            sink.recorded_now(offset, segments)
+            if sink.covers(offset):
+                self._hashers[lease.upload_id] = (offset, sink.hasher)
+                while len(self._hashers) > HASHER_CACHE_SIZE:
+                    self._hashers.popitem(last=False)
+        return kept
+
+    async def _release_unchanged(self, lease: Lease, sink: _Sink | None = None) -> bool:
+        """Let go of the upload as this request found it: a refused request changes nothing,
+        and the segments it wrote go (the sweep removes them if this fails)."""
+        kept = await self._release(lease, lease.row.offset, list(lease.row.segments))
+        if kept and sink is not None and sink.written:
+            await self._delete_segments(lease.upload_id, sink.written)
         return kept
 
     async def _discard(self, lease: Lease) -> None:
         self._hashers.pop(lease.upload_id, None)
         await self.leases.remove(lease)
-        await self.store.delete_resumable(lease.upload_id)
+        await self._delete_segments(lease.upload_id)
 
     async def _sweep_forever(self) -> None:
         interval = min(max(self.upload_ttl / 4, 0.5), 60.0)
@@ -473,24 +509,40 @@ class UploadService:
         await self.expire()
 
     async def expire(self) -> int:
-        """Remove uploads idle for longer than the TTL, and staged bytes without an upload."""
+        """Remove uploads idle for longer than the TTL, and segments that no upload records."""
         rows = await self.db.fetch("expire_uploads", self.upload_ttl)
         for row in rows:
             self._hashers.pop(row["id"], None)
-            await self.store.delete_resumable(row["id"])
+            await self._delete_segments(row["id"])
         if rows:
             log.info("removed %d idle uploads", len(rows))
         await self._remove_orphans()
         return len(rows)
 
     async def _remove_orphans(self) -> None:
-        # A staging object is created after its row, so one without a row lost it for good.
-        keys = await self.store.resumable_keys()
-        if not keys:
-            return
-        known = {row["id"] for row in await self.db.fetch("existing_upload_ids", keys)}
-        for key in set(keys) - known:
-            await self.store.delete_resumable(key)
+        """Segments of uploads without a row, or no longer needed (complete); segments that
+        their upload does not record and whose writer can no longer record them (another
+        writer, or none, holds the upload: the guarded checkpoint refuses a stale one; those of
+        a writer whose process died go once the next request takes the upload over). Listed
+        before the rows are read: a segment recorded meanwhile is in the row."""
+        async for page in self.store.list_upload_ids():
+            listed = {upload_id: await self.store.list_segments(upload_id) for upload_id in page}
+            rows = {row["id"]: row for row in await self.db.fetch("uploads_needing_segments", page)}
+            for upload_id, stored in listed.items():
+                row = rows.get(upload_id)
+                if row is None:
+                    await self._delete_segments(upload_id)
+                    continue
+                recorded = {name for name, _ in row["segments"]}
+                writer = row["writer_epoch"]
+                stale = [
+                    segment.name
+                    for segment in stored
+                    if segment.name not in recorded and segment.epoch != writer
+                ]
+                if stale:
+                    log.info("upload %s: removing unrecorded segments %s", upload_id, stale)
+                    await self._delete_segments(upload_id, stale)
 
 
 async def _accept(body: RequestBody) -> None:
@@ -515,24 +567,86 @@ async def _received(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class _Sink(HashingWriter):
-    """The ingest pipeline over an upload's staging object, and the offset last recorded."""
+class _Sink:
+    """The ingest pipeline over this request's segments, and what the upload's row records.
 
-    def __init__(self, staged: StagedBlob, start: int) -> None:
-        super().__init__(staged, new_hasher(), start)
-        self.hashed = -1  # no hasher given yet (see resume)
-        self.start = start
-        self.recorded = start  # bytes known durable and recorded
+    Bytes go to the open segment ``<epoch>.<n>`` through a :class:`HashingWriter`; :meth:`sync`
+    finishes it (durable) and hands it over to be recorded; the next bytes open the next one.
+    """
+
+    def __init__(self, store: BlobStore, lease: Lease) -> None:
+        self.store = store
+        self.upload_id = lease.upload_id
+        self.epoch = lease.epoch
+        self.recorded = lease.row.offset  # bytes known durable and recorded
+        self.segments = list(lease.row.segments)  # the recorded ones, in order
+        self._pending: list[Segment] = []  # finished, not recorded yet
+        self.written: list[str] = []  # the names of every segment this request opened
+        self.hasher = new_hasher()  # of every byte handed over, once it is given (resume)
+        self.hashed = -1  # bytes the hasher covers (-1: none given yet, or it no longer matches)
+        self._end = lease.row.offset  # bytes in finished segments
+        self._serial = 0
+        self._segment: contextlib.AbstractAsyncContextManager[StagedBlob] | None = None
+        self._writer: HashingWriter | None = None  # over the open segment
 
     def resume(self, hasher: blake3.blake3) -> None:
-        """Go on from ``hasher``, which covers the staged bytes."""
-        self.hasher, self.hashed = hasher, self.start
+        """Go on from ``hasher``, which covers the recorded bytes."""
+        self.hasher, self.hashed = hasher, self._end
 
-    async def sync(self) -> int:
-        """Make every written byte durable; the staged size."""
-        await self.settle()
-        await self.staged.finish()
-        return self.staged.size
+    @property
+    def end(self) -> int:
+        """Bytes handed over, including the buffer in flight."""
+        return self._end if self._writer is None else self._writer.end
+
+    async def absorb(self, parts: list[bytes]) -> None:
+        if self._writer is None:
+            name = segment_name(self.epoch, self._serial)
+            segment = self.store.segment_writer(self.upload_id, name)
+            staged = await segment.__aenter__()
+            self.written.append(name)
+            self._segment, self._writer = segment, HashingWriter(staged, self.hasher, self._end)
+        await self._writer.absorb(parts)
+
+    async def settle(self) -> None:
+        """Wait for the buffer in flight."""
+        if self._writer is not None:
+            await self._writer.settle()
+
+    async def sync(self) -> tuple[int, list[Segment]]:
+        """Finish the open segment (its bytes durable); the offset then, and the segments to
+        record for it (the recorded ones and this one)."""
+        writer = self._writer
+        if writer is None:
+            return self._end, [*self.segments, *self._pending]
+        name = segment_name(self.epoch, self._serial)
+        try:
+            await writer.settle()
+            await writer.staged.finish()
+            crashpoints.reached("segment-before-record")
+        finally:
+            self._serial += 1
+            self.hashed = writer.hashed if self.hashed >= 0 else -1
+            await self._close_segment()
+        self._end = writer.end
+        if writer.staged.size:
+            self._pending.append(Segment(name, writer.staged.size))
+        return self._end, [*self.segments, *self._pending]
+
+    def recorded_now(self, offset: int, segments: list[Segment]) -> None:
+        """The row records ``segments`` (all of them, in order) up to ``offset`` now."""
+        self.recorded, self.segments, self._pending = offset, list(segments), []
 
     def covers(self, offset: int) -> bool:
-        return self.hashed == offset == self.staged.size
+        return self._writer is None and self.hashed == offset == self._end
+
+    async def close(self) -> None:
+        """On the way out: no write may land once another request may write."""
+        if self._writer is not None:
+            await self._writer.close()
+            self.hashed = -1
+            await self._close_segment()
+
+    async def _close_segment(self) -> None:
+        segment, self._segment, self._writer = self._segment, None, None
+        if segment is not None:
+            await segment.__aexit__(None, None, None)

@@ -27,9 +27,10 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def staged_upload(server: CasdServer) -> Path | None:
-    """The staging file of the one upload in flight on the server."""
-    staged = sorted((server.data_dir / "uploads").glob("*"))
-    return staged[0] if len(staged) == 1 else None
+    """The segment being written of the one upload in flight on the server."""
+    uploads = list((server.data_dir / "uploads").iterdir())
+    segments = list(uploads[0].iterdir()) if len(uploads) == 1 else []
+    return max(segments, key=lambda path: path.stat().st_mtime) if segments else None
 
 
 def journal_files(state: Path) -> list[Path]:

@@ -8,7 +8,6 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -97,8 +96,20 @@ def upload_id(url: str) -> str:
     return url.rpartition("/")[2]
 
 
-def staged_file(server: CasdServer, url: str) -> Path:
-    return server.data_dir / "uploads" / upload_id(url)
+def staged_bytes(server: CasdServer, url: str) -> bytes | None:
+    """The bytes staged for an upload: its segments in order; None if it has none on disk."""
+    directory = server.data_dir / "uploads" / upload_id(url)
+    if not directory.exists():
+        return None
+    segments = sorted(directory.iterdir(), key=lambda path: [int(n) for n in path.name.split(".")])
+    return b"".join(path.read_bytes() for path in segments)
+
+
+def staged_size(server: CasdServer, url: str) -> int:
+    """Bytes written for an upload so far (recorded or not), 0 if none."""
+    directory = server.data_dir / "uploads" / upload_id(url)
+    paths = list(directory.iterdir()) if directory.exists() else []
+    return sum(path.stat().st_size for path in paths)
 
 
 async def upload_rows(server: CasdServer, *, completed: bool = False) -> dict[str, dict[str, Any]]:

@@ -89,6 +89,8 @@ CREATE TABLE uploads (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     completed_digest text CHECK (completed_digest ~ '^blake3:[0-9a-f]{64}$'),
+    -- The recorded segments of the bytes staged so far, in order: [["<epoch>.<n>", size], ...]
+    segments         jsonb NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(segments) = 'array'),
     CHECK (upload_length IS NULL OR upload_offset <= upload_length),
     CHECK ((writer_epoch IS NULL) = (writer_process IS NULL)),
     CHECK (completed_digest IS NULL OR writer_epoch IS NULL)

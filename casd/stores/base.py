@@ -228,27 +228,12 @@ class BlobStore(Protocol):
 
     # --- housekeeping ----------------------------------------------------------------------
     async def sweep_staging(self, older_than: float) -> int:
-        """Remove staging objects abandoned for longer than ``older_than`` seconds (their
-        writer died); how many. A live writer's staging is never removed."""
+        """Remove staging objects whose writer died; how many. A live writer's staging is
+        never removed: a store that can tell liveness (the file store: the writer's flock)
+        removes every abandoned one, one that cannot (S3) those older than ``older_than``
+        seconds, the longest a writer may live."""
         ...
 
     async def check(self) -> Capabilities:
         """Probe the store: raises :class:`~casd.errors.Unavailable` if it does not answer."""
-        ...
-
-    # --- legacy resumable staging, used by casd.uploads until it records segments ----------
-    # (issue 11: being replaced by the segment calls above; a new store need not implement
-    # them and may raise NotImplementedError.)
-    def resumable(self, key: str, size: int) -> contextlib.AbstractAsyncContextManager[StagedBlob]:
-        """Resumable staging object ``key`` open for appending, cut back to ``size`` bytes."""
-        ...
-
-    def read_resumable(self, key: str, end: int) -> AsyncIterator[bytes]:
-        """The first ``end`` bytes of resumable staging object ``key``, in chunks."""
-        ...
-
-    async def delete_resumable(self, key: str) -> None: ...
-
-    async def resumable_keys(self) -> list[str]:
-        """The key of every resumable staging object."""
         ...

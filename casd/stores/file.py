@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import shutil
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -45,8 +44,8 @@ IOV_MAX = 1024  # buffers one writev takes at most (Linux)
 # A big upload starts the write-back of what it wrote every so many bytes, so that the disk
 # works while the rest arrives and the fsync at the end has little left to do.
 WRITEBACK_STEP = 8 * 1024 * 1024
-# How long reopening a resumable staging file waits for the previous writer to close it.
-RESUME_LOCK_WAIT = 10.0
+# An upload staged before segments existed (one file, uploads/<id>) becomes segment "0.0".
+LEGACY_SEGMENT = "0.0"
 # The publication journal: before staged bytes appear under their digest they get a second name
 # in the staging directory, "<hex>.<unique>.publishing", removed once the blob's row is
 # committed (:meth:`FileBlobStore.settle`). One left behind by a crash between the two names
@@ -150,36 +149,6 @@ class FileStagedBlob:
                 self.path.unlink()
         self._opened.close()
 
-    @classmethod
-    def reopen(cls, path: Path, size: int) -> FileStagedBlob:
-        """A resumable staging file, cut back to ``size`` bytes and open for appending."""
-        created = not path.exists()
-        staged = cls._open_locked(path)
-        try:
-            if created:
-                _fsync_directory(path.parent)  # the file must outlive a crash like its bytes
-            if os.fstat(staged.file.fileno()).st_size < size:
-                raise FileNotFoundError(f"{path} holds fewer than {size} bytes")
-            # Bytes past the recorded size may not be durable: they are written again.
-            os.ftruncate(staged.file.fileno(), size)
-        except BaseException:
-            staged.file.close()
-            raise
-        staged.size = size
-        return staged
-
-    @classmethod
-    def _open_locked(cls, path: Path) -> FileStagedBlob:
-        # The writer before may still be closing the file after it let go of the upload.
-        deadline = time.monotonic() + RESUME_LOCK_WAIT
-        while True:
-            try:
-                return cls(path, "ab")
-            except BlockingIOError as error:
-                if time.monotonic() > deadline:
-                    raise Unavailable("another request still writes to this upload") from error
-                time.sleep(0.01)
-
     def close(self) -> None:
         if self._opened is not None:
             self._opened.close()
@@ -228,6 +197,7 @@ class FileBlobStore:
         self.uploads_dir = uploads_dir or staging_dir.with_name("uploads")
         for directory in (root, staging_dir, quarantine_dir, self.uploads_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        _adopt_legacy_uploads(self.uploads_dir)
 
     def path_of(self, digest: str) -> Path:
         return self.root / blob_relpath(digest)
@@ -266,11 +236,8 @@ class FileBlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             # The journal: a second name that outlives a crash until the row is committed.
             journal = self.staging_dir / f"{target.name}.{_unique()}{PUBLISHING}"
-            if staged.path.parent == self.staging_dir:
-                staged.path.rename(journal)
-                staged.published = True  # the staged name is gone either way
-            else:
-                os.link(staged.path, journal)  # legacy resumable staging: kept until settled
+            staged.path.rename(journal)
+            staged.published = True  # the staged name is gone either way
             if replace_suspect:
                 _link_or_replace(journal, target, self.staging_dir)
             else:
@@ -279,7 +246,6 @@ class FileBlobStore:
                 except FileExistsError:
                     journal.unlink()  # never replace: the bytes there stay, ours go
                     return Published.EXISTED
-            staged.published = True
             staged.journal = journal
             _fsync_directory(target.parent)
             return Published.CREATED
@@ -294,8 +260,6 @@ class FileBlobStore:
             with contextlib.suppress(FileNotFoundError):
                 staged.journal.unlink()
             staged.journal = None
-        if staged.path.parent != self.staging_dir:  # legacy resumable staging: complete now
-            await asyncio.to_thread(staged.path.unlink, missing_ok=True)
         staged.close()  # its lock told everyone that the publication was in progress
 
     def assemble(
@@ -501,14 +465,11 @@ class FileBlobStore:
 
     def _sweep_staging_blocking(self, older_than: float) -> int:
         """Remove staging files that no live writer holds a lock on (left by a crash)."""
-        removed = 0
-        cutoff = time.time() - older_than
+        removed = 0  # whatever their age: a live writer holds the lock of its file
         for path in self.staging_dir.iterdir():
             if path.name.endswith(PUBLISHING):
                 continue  # the record of a publication: see unfinished_publications()
             try:
-                if path.stat().st_mtime > cutoff:
-                    continue
                 with path.open("rb") as file:
                     fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     path.unlink()
@@ -533,49 +494,25 @@ class FileBlobStore:
             detail=str(self.root),
         )
 
-    # --- legacy resumable staging (casd.uploads, until it records segments) ---------------
 
-    def _resumable_path(self, key: str) -> Path:
-        if not key.isalnum():
-            raise ValueError(f"not a resumable staging key: {key!r}")
-        return self.uploads_dir / key
-
-    @contextlib.asynccontextmanager
-    async def resumable(self, key: str, size: int) -> AsyncIterator[FileStagedBlob]:
-        path = self._resumable_path(key)
-        try:
-            staged = await asyncio.to_thread(FileStagedBlob.reopen, path, size)
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise _storage_error(error) from error
-        try:
-            yield staged
-        finally:
-            await asyncio.shield(asyncio.to_thread(staged.close))
-
-    async def read_resumable(self, key: str, end: int) -> AsyncIterator[bytes]:
-        file = await asyncio.to_thread(self._resumable_path(key).open, "rb")
-        try:
-            remaining = end
-            while remaining > 0:
-                chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, remaining))
-                if not chunk:
-                    raise FileNotFoundError(f"upload {key} holds fewer than {end} bytes")
-                remaining -= len(chunk)
-                yield chunk
-        finally:
-            file.close()
-
-    async def delete_resumable(self, key: str) -> None:
+def _adopt_legacy_uploads(uploads_dir: Path) -> None:
+    """Move the one-file staging of uploads from before segments (``uploads/<id>``) to their
+    segment ``uploads/<id>/0.0``, which migration 0010 recorded with the upload's offset.
+    Safe to run in several processes at once, and again after a crash half-way."""
+    for entry in os.scandir(uploads_dir):
+        name = entry.name
+        if entry.is_file() and name.isalnum():
+            with contextlib.suppress(FileNotFoundError):
+                Path(entry.path).rename(uploads_dir / f"{name}.legacy")
+            name = f"{name}.legacy"
+        if not name.endswith(".legacy") or not name.removesuffix(".legacy").isalnum():
+            continue
+        directory = uploads_dir / name.removesuffix(".legacy")
+        directory.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self._resumable_path(key).unlink)
-
-    async def resumable_keys(self) -> list[str]:
-        def files() -> list[str]:
-            return [path.name for path in self.uploads_dir.iterdir() if path.is_file()]
-
-        return await asyncio.to_thread(files)
+            (uploads_dir / name).rename(directory / LEGACY_SEGMENT)
+            _fsync_directory(directory)
+            _fsync_directory(uploads_dir)
 
 
 def _journal_of(publication: UnfinishedPublication) -> tuple[Path, BinaryIO]:

@@ -10,22 +10,22 @@ WITH bumped AS (
     UPDATE uploads SET epoch = epoch + 1, updated_at = now()
     WHERE id = $1 AND token_id = $2
     RETURNING id, epoch, writer_epoch, writer_process, upload_offset, upload_length,
-              expected_digest, completed_digest
+              expected_digest, completed_digest, segments
 )
 SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest,
-       completed_digest, pg_notify('casd_uploads', id || ' ' || epoch) AS notified
+       completed_digest, segments, pg_notify('casd_uploads', id || ' ' || epoch) AS notified
 FROM bumped;
 
 -- name: get_upload_lease
 SELECT epoch, writer_epoch, writer_process, upload_offset, upload_length, expected_digest,
-       completed_digest
+       completed_digest, segments
 FROM uploads WHERE id = $1;
 
 -- name: claim_upload
 -- Become the writer: only while still the newest request and nobody else writes.
 UPDATE uploads SET writer_epoch = epoch, writer_process = $3, updated_at = now()
 WHERE id = $1 AND epoch = $2 AND writer_epoch IS NULL AND completed_digest IS NULL
-RETURNING upload_offset, upload_length, expected_digest, completed_digest;
+RETURNING upload_offset, upload_length, expected_digest, completed_digest, segments;
 
 -- name: clear_dead_writer
 -- The writer's process is gone (its session lock with it): its recorded offset stands.
@@ -44,16 +44,20 @@ UPDATE uploads SET upload_length = $3
 WHERE id = $1 AND writer_epoch = $2 AND upload_length IS NULL;
 
 -- name: checkpoint_upload
--- Durable progress of the writer; returns the newest epoch (newer than the writer's: stop).
-UPDATE uploads SET upload_offset = $3, updated_at = now()
+-- Durable progress of the writer: the new offset and the segments that hold the bytes up to
+-- it ($4, all of them in order: a jsonb array of [name, size]), recorded together and only
+-- while this writer holds the upload, so a stale writer's segments are never recorded.
+-- Returns the newest epoch (newer than the writer's: stop).
+UPDATE uploads SET upload_offset = $3, segments = $4::jsonb, updated_at = now()
 WHERE id = $1 AND writer_epoch = $2
 RETURNING epoch;
 
 -- name: release_upload
--- The writer is done: record its durable offset and wake whoever waits for the upload.
+-- The writer is done: record its durable offset with its segments ($4, as in
+-- checkpoint_upload) and wake whoever waits for the upload.
 WITH released AS (
-    UPDATE uploads SET upload_offset = $3, writer_epoch = NULL, writer_process = NULL,
-                       updated_at = now()
+    UPDATE uploads SET upload_offset = $3, segments = $4::jsonb,
+                       writer_epoch = NULL, writer_process = NULL, updated_at = now()
     WHERE id = $1 AND writer_epoch = $2
     RETURNING id, epoch
 )
@@ -72,16 +76,19 @@ WITH expired AS (
 )
 SELECT id, pg_notify('casd_uploads', id || ' 9223372036854775807') AS notified FROM expired;
 
--- name: existing_upload_ids
--- Uploads that still need their staged bytes (a completed one's were published).
-SELECT id FROM uploads WHERE id = ANY($1::text[]) AND completed_digest IS NULL;
+-- name: uploads_needing_segments
+-- Uploads that still need their staged bytes (a completed one's were published): which
+-- segments are recorded, and which writer may still record more.
+SELECT id, writer_epoch, segments
+FROM uploads WHERE id = ANY($1::text[]) AND completed_digest IS NULL;
 
 -- name: complete_upload
 -- The writer published the upload's blob: recorded in the transaction that records the blob,
 -- so the upload is complete exactly when the blob is stored.
 WITH completed AS (
     UPDATE uploads SET completed_digest = $3, upload_offset = $4, upload_length = $4,
-                       writer_epoch = NULL, writer_process = NULL, updated_at = now()
+                       segments = '[]'::jsonb, writer_epoch = NULL, writer_process = NULL,
+                       updated_at = now()
     WHERE id = $1 AND writer_epoch = $2
     RETURNING id, epoch
 )
