@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import random
+from pathlib import Path
 
 import aiohttp
 import psutil
@@ -19,7 +20,16 @@ import pytest
 from tests.conftest import CasdServer, ServerFactory
 from tests.helpers import blob_path, digest_of
 from tests.traffic import SOAK, Traffic, check_no_partial_blob, check_nothing_lost
-from tests.upload_helpers import MiB, bearer, call, create_upload, patch, staged_file, upload_rows
+from tests.upload_helpers import (
+    MiB,
+    bearer,
+    call,
+    create_upload,
+    offset_of,
+    patch,
+    staged_bytes,
+    upload_rows,
+)
 
 
 def crashing_server(factory: ServerFactory, point: str) -> CasdServer:
@@ -119,7 +129,7 @@ async def test_upload_killed_between_commit_and_cleanup_answers_completed(
     assert again.body == {"digest": digest, "size": len(data)}
     other = await patch(http, url, token, 0, b"", complete=True, Casd_Digest=digest_of(b"x"))
     assert other.status == 400 and other.body["code"] == "digest-mismatch"
-    assert not staged_file(server, url).exists(), "the staged bytes went with the start"
+    assert staged_bytes(server, url) is None, "the staged bytes went with the start"
     assert list((server.data_dir / "staging").iterdir()) == []
     # Deleting a completed upload forgets it; the blob stays.
     gone = await call(http, "DELETE", url, headers=bearer(token))
@@ -230,3 +240,68 @@ async def test_kill_9_under_traffic_loses_nothing_acknowledged(
     # ...and no staging file, publication record or upload of a dead request stays behind.
     assert list((server.data_dir / "staging").iterdir()) == []
     print(f"{cycles} kills: {ledger.statuses}, {len(ledger.blobs)} blobs acknowledged")
+
+
+# --- resumable uploads as segments (issue 11): kill -9 between the new steps -------------------
+
+
+def segment_files(server: CasdServer) -> list[Path]:
+    return sorted((server.data_dir / "uploads").rglob("*.*"))
+
+
+async def test_killed_after_a_segment_was_written_before_it_was_recorded(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """The segment's bytes never count: the upload resumes at the recorded offset, and the
+    unrecorded segment neither corrupts the blob nor stays behind."""
+    server = crashing_server(casd_server_factory, "segment-before-record")
+    token = server.admin_token
+    data = os.urandom(2 * MiB + 1)
+    url = await create_upload(http, server, token)  # no bytes: no segment, no crash
+    with contextlib.suppress(aiohttp.ClientError):
+        await patch(http, url, token, 0, data[:MiB])
+        pytest.fail("the PATCH was answered although the server was to die")
+    await crashed(server)
+    assert [path.name for path in segment_files(server)] == ["2.0"], "written, not recorded"
+    assert await offset_of(http, url, token) == 0
+    done = await patch(http, url, token, 0, data, complete=True)
+    assert done.status == 201, done
+    async with http.get(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
+        assert await response.read() == data
+    assert segment_files(server) == []
+
+
+async def test_killed_after_the_segments_were_recorded_before_they_were_published(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = crashing_server(casd_server_factory, "upload-before-publish")
+    data = os.urandom(3 * MiB + 1)
+    digest = digest_of(data)
+    url = await finish_upload_until_killed(http, server, data)
+    token = server.admin_token
+    assert await blob_answer(http, server, digest) == 404
+    status = await call(http, "HEAD", url, headers=bearer(token))
+    assert status.headers["Upload-Complete"] == "?0"
+    assert status.headers["Upload-Offset"] == str(len(data))
+    assert list((server.data_dir / "staging").iterdir()) == [], "the assembly was swept"
+    done = await patch(http, url, token, len(data), b"", complete=True, Casd_Digest=digest)
+    assert done.status == 201, done
+    async with http.get(f"{server.url}/v1/blobs/{digest}") as response:
+        assert await response.read() == data
+    assert segment_files(server) == []
+
+
+async def test_killed_after_publishing_before_the_segments_were_deleted(
+    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = crashing_server(casd_server_factory, "upload-before-segments-deleted")
+    data = os.urandom(2 * MiB + 3)
+    digest = digest_of(data)
+    url = await finish_upload_until_killed(http, server, data)
+    token = server.admin_token
+    status = await call(http, "HEAD", url, headers=bearer(token))
+    assert status.headers["Upload-Complete"] == "?1"
+    assert status.headers["Location"] == f"/v1/blobs/{digest}"
+    async with http.get(f"{server.url}/v1/blobs/{digest}") as response:
+        assert await response.read() == data
+    assert segment_files(server) == [], "the start removed the segments of a complete upload"
