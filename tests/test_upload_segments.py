@@ -141,3 +141,30 @@ async def test_the_sweep_removes_what_no_upload_records(node: Node, token: Token
         paused.id, token, Append(offset=1000, complete=True), body(data[1000:])
     )
     assert done == Blob(digest_of(data), len(data))
+
+
+async def test_an_upload_staged_before_segments_resumes(
+    node: Node, token: Token, database_url: str, tmp_path: Path
+) -> None:
+    """One staging file per upload (before migration 0010) becomes its segment 0.0."""
+    data = os.urandom(300_000)
+    upload_id = "c" * 32
+    legacy = tmp_path / "data" / "uploads" / upload_id
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(data[:100_000] + b"written after the last checkpoint")
+    connection = await asyncpg.connect(database_url)
+    try:  # the row as migration 0010 leaves it
+        await connection.execute(
+            "INSERT INTO uploads (id, token_id, upload_offset, segments)"
+            """ VALUES ($1, $2, 100000, '[["0.0", 100000]]')""",
+            upload_id,
+            token.id,
+        )
+    finally:
+        await connection.close()
+    service = await node()
+    assert segment_names(service, upload_id) == ["0.0"]
+    done = await service.append(
+        upload_id, token, Append(offset=100_000, complete=True), body(data[100_000:])
+    )
+    assert done == Blob(digest_of(data), len(data))
