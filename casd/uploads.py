@@ -420,8 +420,11 @@ class UploadService:
             raise DigestMismatch(f"the upload hashes to {digest}, not {expected}; it was discarded")
         # Every byte is recorded first: whatever a crash interrupts below, the upload can be
         # resumed from its end (and finished with an empty PATCH).
-        if await self.leases.checkpoint(lease, size, segments):
-            sink.recorded_now(size, segments)
+        if not await self.leases.checkpoint(lease, size, segments):
+            # Lost (removed, or taken over as if this process were dead): what the row
+            # records is no longer this request's to publish.
+            raise UploadNotFound(f"upload {lease.upload_id} was removed while being written")
+        sink.recorded_now(size, segments)
         blob = await self._publish(lease, request, sink, digest, size)
         crashpoints.reached("upload-before-segments-deleted")
         await self._delete_segments(lease.upload_id)  # the sweep does it if this fails
@@ -438,6 +441,11 @@ class UploadService:
 
         try:
             async with self.store.assemble(lease.upload_id, sink.segments, digest) as staged:
+                if staged.size != size:  # never publish other bytes than those hashed
+                    raise Unavailable(
+                        f"the segments of upload {lease.upload_id} hold {staged.size}"
+                        f" bytes, not {size}"
+                    )
                 crashpoints.reached("upload-before-publish")
                 await self.blobs.publish(staged, digest, request.charge, also=record_completion)
         except FileNotFoundError as error:
