@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 
 
 def cli_env(
-    server: CasdServer | None, token: str | None = None, **extra: str | None
+    server: AnyServer | None, token: str | None = None, **extra: str | None
 ) -> dict[str, str]:
     """The environment of a client command: CASD_URL and CASD_TOKEN of ``server``, then
     ``extra`` (a None value removes a variable)."""
@@ -30,7 +30,7 @@ def cli_env(
 
 
 def run(
-    server: CasdServer | None,
+    server: AnyServer | None,
     *args: str,
     token: str | None = None,
     input: bytes | None = None,
@@ -66,7 +66,7 @@ def failed(result: subprocess.CompletedProcess[bytes], status: int, code: str = 
 
 
 async def start(
-    server: CasdServer | None, *args: str, token: str | None = None, **env: str | None
+    server: AnyServer | None, *args: str, token: str | None = None, **env: str | None
 ) -> asyncio.subprocess.Process:
     """``casd ARGS`` started in the background (to be killed half-way)."""
     return await asyncio.create_subprocess_exec(
@@ -99,7 +99,7 @@ def size_of(path: Path | None) -> int:
 
 
 async def run_async(
-    server: CasdServer | None, *args: str, token: str | None = None, **env: str | None
+    server: AnyServer | None, *args: str, token: str | None = None, **env: str | None
 ) -> subprocess.CompletedProcess[bytes]:
     """``casd ARGS`` without blocking the test's event loop (which may run a proxy)."""
     process = await start(server, *args, token=token, **env)

@@ -1,28 +1,32 @@
-"""Fixtures: a real PostgreSQL, real casd servers in subprocesses on loopback ports, real HTTP.
+"""Fixtures: a real PostgreSQL, casd served in the test process or as real subprocesses on
+loopback ports, real HTTP.
 
 PostgreSQL is ``CASD_TEST_DATABASE_URL`` when set, else one embedded cluster for the session;
-every casd server gets a fresh database of its own and a fresh data directory.
+every casd server gets a fresh database of its own (a copy of one migrated once per session)
+and a fresh data directory.
 
 Every test has one tier (markers registered in pyproject.toml), given by the fixtures it uses
-unless it names one itself: ``e2e`` with a casd server fixture, ``service`` with PostgreSQL
-only, ``unit`` otherwise. A test outside ``e2e`` that starts a casd process fails, so
-``make test-fast`` (everything but ``e2e``) stays fast.
+unless it names one itself: ``e2e`` with a ``casd serve`` fixture (``server``,
+``module_server``, ``casd_server_factory``), ``http`` with an in-process server
+(``http_server``, ``module_http_server``, ``http_server_factory``: tests/inprocess.py),
+``service`` with PostgreSQL only (``service``, ``postgres_url``), ``unit`` otherwise. A test
+outside ``e2e`` that starts a casd process fails, so ``make test-fast`` (everything but
+``e2e``) stays fast.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +38,38 @@ import pytest
 
 from casd.config import metrics_dir_of
 from casd.embedded import EmbeddedPostgres
+from tests.inprocess import InProcessServer, run_coroutine_in_thread
+from tests.inprocess import free_port as free_port  # tests import it from here
 from tests.seaweed import S3Area, SeaweedFS, new_area
 
 TIERS = ("unit", "service", "http", "e2e", "multinode")
 PROCESS_TIERS = ("e2e", "multinode")  # the tiers that may start casd processes
-SERVER_FIXTURES = {"server", "module_server", "casd_server_factory"}
+# The tier that a fixture brings, by its name or by what it returns or yields (a fixture of a
+# test module that starts a server of its own, say); the highest of a test's fixtures wins.
+TIER_OF_FIXTURE = {
+    "server": "e2e",
+    "module_server": "e2e",
+    "casd_server_factory": "e2e",
+    "http_server": "http",
+    "module_http_server": "http",
+    "http_server_factory": "http",
+    "service": "service",
+    "postgres_url": "service",
+    # SeaweedFS is a real process (a store, like PostgreSQL): not a unit test any more.
+    "seaweedfs": "service",
+}
+TIER_OF_RETURNED = (
+    (re.compile(r"\b(CasdServer|ServerFactory)\b"), "e2e"),
+    (re.compile(r"\b(InProcessServer|HttpServerFactory)\b"), "http"),
+)
 
 
-def _gives_a_server(fixture: Any) -> bool:
-    """Whether a fixture returns or yields a casd server or a factory of them."""
+def _tier_of_fixture(fixture: Any) -> str:
     returned = str(getattr(fixture.func, "__annotations__", {}).get("return", ""))
-    return "CasdServer" in returned or "ServerFactory" in returned
+    for pattern, tier in TIER_OF_RETURNED:
+        if pattern.search(returned):
+            return tier
+    return TIER_OF_FIXTURE.get(fixture.argname, "unit")
 
 
 def tier_of(item: pytest.Item) -> str:
@@ -55,13 +80,9 @@ def tier_of(item: pytest.Item) -> str:
         return named[0]
     info = getattr(item, "_fixtureinfo", None)
     definitions = info.name2fixturedefs.values() if info else []
-    fixtures = set(getattr(item, "fixturenames", ()))
-    if fixtures & SERVER_FIXTURES or any(
-        _gives_a_server(fixture) for chain in definitions for fixture in chain
-    ):
-        return "e2e"
-    # SeaweedFS is a real process (a store, like PostgreSQL): not a unit test any more.
-    return "service" if fixtures & {"postgres_url", "seaweedfs"} else "unit"
+    # The last definition of a name is the one in effect (a test module's own overrides).
+    used = {_tier_of_fixture(chain[-1]) for chain in definitions if chain}
+    return max(used, key=TIERS.index, default="unit")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -99,36 +120,22 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         _running_tier.clear()
 
 
-def run_coroutine_in_thread(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine to completion from sync fixture code, whatever loop is running."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as error:
-            result["error"] = error
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
-
-
 def with_database_name(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def create_database(server_url: str) -> str:
+def create_database(server_url: str, *, migrated: bool = False) -> str:
+    """A fresh database on the PostgreSQL server; ``migrated``: with every migration applied
+    (a copy of a database migrated once per session: copying is much cheaper than migrating)."""
     name = f"casd_test_{uuid.uuid4().hex[:12]}"
+    template = _migrated_template(server_url) if migrated else None
+    clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
 
     async def create() -> None:
         connection = await asyncpg.connect(server_url)
         try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
+            await connection.execute(f'CREATE DATABASE "{name}"{clause}')
         finally:
             await connection.close()
 
@@ -136,11 +143,20 @@ def create_database(server_url: str) -> str:
     return with_database_name(server_url, name)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+_templates: dict[str, str] = {}
+_templates_lock = threading.Lock()
+
+
+def _migrated_template(server_url: str) -> str:
+    """The name of this session's migrated template database on that server."""
+    from casd.database import migrate
+
+    with _templates_lock:
+        if server_url not in _templates:
+            url = create_database(server_url)
+            run_coroutine_in_thread(migrate(url))
+            _templates[server_url] = urlsplit(url).path.lstrip("/")
+        return _templates[server_url]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -264,6 +280,9 @@ class CasdServer:
 
 
 ServerFactory = Callable[..., CasdServer]
+# What most tests need of a server, whichever kind: url, port, data_dir, database_url,
+# admin_token, admin_headers, run_cli, connect_db, restart.
+AnyServer = CasdServer | InProcessServer
 
 
 @pytest.fixture
@@ -278,7 +297,7 @@ def casd_server_factory(tmp_path: Path, postgres_url: str) -> Iterator[ServerFac
         database_url: str | None = None,
         start: bool = True,
     ) -> CasdServer:
-        url = None if embedded else (database_url or create_database(postgres_url))
+        url = None if embedded else (database_url or create_database(postgres_url, migrated=True))
         directory = data_dir or tmp_path / f"data{len(started)}"
         server = CasdServer(directory, url, list(extra_args), dict(env or {}))
         started.append(server)
@@ -300,7 +319,7 @@ def module_server(
 ) -> Iterator[CasdServer]:
     """One server shared by the tests of a module that do not disturb each other."""
     directory = tmp_path_factory.mktemp("module") / "data"
-    server = CasdServer(directory, create_database(postgres_url)).start()
+    server = CasdServer(directory, create_database(postgres_url, migrated=True)).start()
     yield server
     server.stop()
 
@@ -328,3 +347,47 @@ def s3_area(seaweedfs: SeaweedFS) -> S3Area:
     """A fresh key prefix of the session's SeaweedFS: ``s3_area.url`` for --blob-store,
     ``s3_area.env()`` for a casd process, ``s3_area.client()`` for raw S3 requests."""
     return new_area(seaweedfs)
+
+
+HttpServerFactory = Callable[..., InProcessServer]
+
+
+@pytest.fixture
+def http_server_factory(tmp_path: Path, postgres_url: str) -> Iterator[HttpServerFactory]:
+    """Starts casd in the test process (tests/inprocess.py), each on a fresh database unless
+    ``database_url`` says otherwise; the arguments are those of ``casd_server_factory``."""
+    started: list[InProcessServer] = []
+
+    def start(
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        database_url: str | None = None,
+        start: bool = True,
+    ) -> InProcessServer:
+        url = database_url or create_database(postgres_url, migrated=True)
+        directory = data_dir or tmp_path / f"data{len(started)}"
+        server = InProcessServer(directory, url, list(extra_args), dict(env or {}))
+        started.append(server)
+        return server.start() if start else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def http_server(http_server_factory: HttpServerFactory) -> InProcessServer:
+    """A fresh casd served in the test process."""
+    return http_server_factory()
+
+
+@pytest.fixture(scope="module")
+def module_http_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[InProcessServer]:
+    """One in-process casd shared by the tests of a module that do not disturb each other."""
+    directory = tmp_path_factory.mktemp("module") / "data"
+    server = InProcessServer(directory, create_database(postgres_url, migrated=True)).start()
+    yield server
+    server.stop()

@@ -16,7 +16,7 @@ import aiohttp
 from casd.blobs import BlobService
 from casd.config import Settings
 from casd.core import open_core
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 from tests.helpers import blob_path, digest_of
 
 
@@ -29,12 +29,12 @@ def flip_byte(path: Path, offset: int) -> None:
         file.write(bytes([byte[0] ^ 0x01]))
 
 
-def quarantined_files(server: CasdServer, digest: str) -> list[Path]:
+def quarantined_files(server: AnyServer, digest: str) -> list[Path]:
     hexdigest = digest.removeprefix("blake3:")
     return sorted((server.data_dir / "quarantine").glob(f"{hexdigest}.*"))
 
 
-async def upload(http: aiohttp.ClientSession, server: CasdServer, data: bytes) -> str:
+async def upload(http: aiohttp.ClientSession, server: AnyServer, data: bytes) -> str:
     digest = digest_of(data)
     async with http.put(
         f"{server.url}/v1/blobs/{digest}", data=data, headers=server.admin_headers
@@ -43,7 +43,7 @@ async def upload(http: aiohttp.ClientSession, server: CasdServer, data: bytes) -
     return digest
 
 
-async def stored_blob(http: aiohttp.ClientSession, server: CasdServer, size: int) -> bytes:
+async def stored_blob(http: aiohttp.ClientSession, server: AnyServer, size: int) -> bytes:
     """Random bytes uploaded to the server; they are at their blob path when this returns."""
     data = os.urandom(size)
     await upload(http, server, data)
@@ -51,7 +51,7 @@ async def stored_blob(http: aiohttp.ClientSession, server: CasdServer, size: int
     return data
 
 
-async def blob_rows(server: CasdServer) -> dict[str, str]:
+async def blob_rows(server: AnyServer) -> dict[str, str]:
     """digest -> status of every blob row."""
     connection = await server.connect_db()
     try:
@@ -61,7 +61,7 @@ async def blob_rows(server: CasdServer) -> dict[str, str]:
     return {row["digest"]: row["status"] for row in rows}
 
 
-async def db_execute(server: CasdServer, statement: str, *args: Any) -> None:
+async def db_execute(server: AnyServer, statement: str, *args: Any) -> None:
     connection = await server.connect_db()
     try:
         await connection.execute(statement, *args)
@@ -82,7 +82,7 @@ async def full_get(http: aiohttp.ClientSession, url: str) -> tuple[int | None, b
 
 
 @contextlib.asynccontextmanager
-async def blob_service(server: CasdServer) -> AsyncIterator[BlobService]:
+async def blob_service(server: AnyServer) -> AsyncIterator[BlobService]:
     """The blob service of a test server's database and data directory, in this process."""
     assert server.database_url is not None
     settings = Settings(data_dir=server.data_dir)
@@ -90,7 +90,7 @@ async def blob_service(server: CasdServer) -> AsyncIterator[BlobService]:
         yield core.blobs
 
 
-def run_json(server: CasdServer, *args: str, env: dict[str, str] | None = None) -> Any:
+def run_json(server: AnyServer, *args: str, env: dict[str, str] | None = None) -> Any:
     """Run an administrative command with --json and return what it printed."""
     result = server.run_cli(*args, "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -100,7 +100,7 @@ def run_json(server: CasdServer, *args: str, env: dict[str, str] | None = None) 
 _SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
 
 
-async def metric_samples(http: aiohttp.ClientSession, server: CasdServer) -> dict[str, float]:
+async def metric_samples(http: aiohttp.ClientSession, server: AnyServer) -> dict[str, float]:
     """Prometheus samples as 'name{labels}' -> value."""
     async with http.get(f"{server.url}/metrics") as response:
         assert response.status == 200

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 from tests.helpers import digest_of
 
 
@@ -24,24 +24,19 @@ def if_match(version: int) -> dict[str, str]:
     return {"If-Match": f'"{version}"'}
 
 
-async def new_token(server: CasdServer, *prefixes: str, label: str = "") -> str:
+async def new_token(server: AnyServer, *prefixes: str, label: str = "") -> str:
     """A token made by ``casd token create``, the way an administrator makes one."""
     args = [arg for prefix in prefixes for arg in ("--write", prefix)]
     if label:
         args += ["--name", label]
-    process = await asyncio.create_subprocess_exec(
-        *server.command("token", "create", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    secret = out.decode().strip()
+    created = await asyncio.to_thread(server.run_cli, "token", "create", *args)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
     assert secret and "\n" not in secret
     return secret
 
 
-async def upload(http: aiohttp.ClientSession, server: CasdServer, token: str, data: bytes) -> str:
+async def upload(http: aiohttp.ClientSession, server: AnyServer, token: str, data: bytes) -> str:
     digest = digest_of(data)
     async with http.put(
         f"{server.url}/v1/blobs/{digest}", data=data, headers=bearer(token)
@@ -52,7 +47,7 @@ async def upload(http: aiohttp.ClientSession, server: CasdServer, token: str, da
 
 async def put_name(
     http: aiohttp.ClientSession,
-    server: CasdServer,
+    server: AnyServer,
     token: str,
     name: str,
     body: Any,
@@ -70,7 +65,7 @@ async def put_name(
 
 
 async def get_name(
-    http: aiohttp.ClientSession, server: CasdServer, name: str, token: str | None = None
+    http: aiohttp.ClientSession, server: AnyServer, name: str, token: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     headers = bearer(token) if token else {}
     async with http.get(f"{server.url}/v1/names/{name}", headers=headers) as response:
@@ -78,7 +73,7 @@ async def get_name(
 
 
 async def history(
-    http: aiohttp.ClientSession, server: CasdServer, name: str, **params: Any
+    http: aiohttp.ClientSession, server: AnyServer, name: str, **params: Any
 ) -> list[dict[str, Any]]:
     """Every history entry of a name, newest first, following the pages."""
     entries: list[dict[str, Any]] = []

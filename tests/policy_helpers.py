@@ -6,13 +6,13 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 from tests.name_helpers import bearer
 
 
 async def call(
     http: aiohttp.ClientSession,
-    server: CasdServer,
+    server: AnyServer,
     method: str,
     path: str,
     token: str | None = None,
@@ -28,7 +28,7 @@ async def call(
 
 
 async def mint(
-    http: aiohttp.ClientSession, server: CasdServer, minter: str, **spec: Any
+    http: aiohttp.ClientSession, server: AnyServer, minter: str, **spec: Any
 ) -> dict[str, Any]:
     """A token minted over HTTP (its record, with the secret as ``token``)."""
     status, body = await call(http, server, "POST", "/v1/tokens", minter, json=spec)
@@ -37,7 +37,7 @@ async def mint(
 
 
 async def set_policy(
-    http: aiohttp.ClientSession, server: CasdServer, prefix: str, **policy: Any
+    http: aiohttp.ClientSession, server: AnyServer, prefix: str, **policy: Any
 ) -> dict[str, Any]:
     status, body = await call(
         http, server, "PUT", f"/v1/policies/{prefix}", server.admin_token, json=policy
@@ -46,13 +46,13 @@ async def set_policy(
     return dict(body)
 
 
-async def own_token(http: aiohttp.ClientSession, server: CasdServer, token: str) -> dict[str, Any]:
+async def own_token(http: aiohttp.ClientSession, server: AnyServer, token: str) -> dict[str, Any]:
     status, body = await call(http, server, "GET", "/v1/token", token)
     assert status == 200, body
     return dict(body)
 
 
-async def name_exists(http: aiohttp.ClientSession, server: CasdServer, name: str) -> bool:
+async def name_exists(http: aiohttp.ClientSession, server: AnyServer, name: str) -> bool:
     status, _ = await call(http, server, "GET", f"/v1/names/{name}", server.admin_token)
     assert status in (200, 404)
     return status == 200

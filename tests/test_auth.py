@@ -14,8 +14,9 @@ import aiohttp
 from casd.auth import TokenStore
 from casd.database import Database
 from casd.redact import redact
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, CasdServer, HttpServerFactory, ServerFactory
 from tests.helpers import digest_of, problem_of, random_bytes
+from tests.inprocess import InProcessServer
 from tests.name_helpers import (
     bearer,
     create_only,
@@ -27,7 +28,7 @@ from tests.name_helpers import (
 )
 
 
-def token_rows(server: CasdServer) -> list[dict[str, Any]]:
+def token_rows(server: AnyServer) -> list[dict[str, Any]]:
     run = server.run_cli("token", "list", "--json")
     assert run.returncode == 0, run.stderr
     rows: list[dict[str, Any]] = json.loads(run.stdout)
@@ -35,9 +36,9 @@ def token_rows(server: CasdServer) -> list[dict[str, Any]]:
 
 
 async def test_token_create_list_revoke(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     run = server.run_cli(
         "token", "create", "--write", "investigate/7/", "--write", "scratch", "--name", "bisect 7"
     )
@@ -86,17 +87,19 @@ async def test_token_create_list_revoke(
         assert len(again.stderr.strip().splitlines()) == 1
 
 
-async def test_token_create_refuses_prefixes_that_are_not_names(module_server: CasdServer) -> None:
+async def test_token_create_refuses_prefixes_that_are_not_names(
+    module_http_server: InProcessServer,
+) -> None:
     for prefix in ("prod/*", "a//b", "../prod", "/", "investigate/1 ", "prod/.."):
-        run = module_server.run_cli("token", "create", "--write", prefix)
+        run = module_http_server.run_cli("token", "create", "--write", prefix)
         assert run.returncode != 0, prefix
         assert "invalid-name" in run.stderr and run.stdout == ""
 
 
 async def test_write_scopes_end_at_segment_boundaries(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     one, several, trailing = await asyncio.gather(
         new_token(server, "investigate/1"),
         new_token(server, "tools", "builds/sle"),
@@ -150,9 +153,9 @@ BAD_AUTHORIZATIONS = [
 
 
 async def test_missing_malformed_unknown_and_revoked_tokens(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     valid = await new_token(server, "auth")
     digest = await upload(http, server, valid, b"auth test")
     status, created, _ = await put_name(
@@ -198,8 +201,10 @@ async def test_missing_malformed_unknown_and_revoked_tokens(
     assert (status, record["version"]) == (200, 2)
 
 
-async def test_token_introspection(module_server: CasdServer, http: aiohttp.ClientSession) -> None:
-    server = module_server
+async def test_token_introspection(
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    server = module_http_server
     scoped = await new_token(server, "investigate/42", "scratch", label="job 42")
     async with http.get(f"{server.url}/v1/token", headers=bearer(scoped)) as response:
         assert response.status == 200
@@ -218,9 +223,9 @@ async def test_token_introspection(module_server: CasdServer, http: aiohttp.Clie
 
 
 async def test_uploads_need_any_write_prefix(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     scoped = await new_token(server, "somewhere/deep")
     data = random_bytes(1000)
     async with http.put(f"{server.url}/v1/blobs/{digest_of(data)}", data=data) as response:
@@ -247,10 +252,12 @@ async def test_uploads_need_any_write_prefix(
 
 
 async def test_reads_are_anonymous_unless_private(
-    module_server: CasdServer, casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    module_http_server: InProcessServer,
+    http_server_factory: HttpServerFactory,
+    http: aiohttp.ClientSession,
 ) -> None:
-    private = casd_server_factory("--private")
-    for server in (module_server, private):
+    private = http_server_factory("--private")
+    for server in (module_http_server, private):
         digest = await upload(http, server, server.admin_token, b"readable")
         await put_name(
             http, server, server.admin_token, "reads/x", {"digest": digest}, create_only()

@@ -7,18 +7,24 @@ import stat
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from casd.exit_codes import Exit
 from tests.cli_helpers import failed, ok, run
-from tests.conftest import CasdServer, free_port
+from tests.conftest import free_port
+from tests.inprocess import InProcessServer
+
+# The casd commands run as real processes; the server may run in this process.
+pytestmark = pytest.mark.e2e
 
 
 def test_login_then_commands_use_the_configured_server(
-    module_server: CasdServer, tmp_path: Path
+    module_http_server: InProcessServer, tmp_path: Path
 ) -> None:
     home = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
     casd_dir = tmp_path / "config" / "casd"
-    url = module_server.url
-    token = module_server.run_cli("token", "create", "--write", "cfg").stdout.strip()
+    url = module_http_server.url
+    token = module_http_server.run_cli("token", "create", "--write", "cfg").stdout.strip()
 
     refused = run(None, "login", "--server", "farm", "--url", url, input=b"casd_bad\n", env=home)
     failed(refused, Exit.DENIED, "unauthorized")
@@ -45,7 +51,7 @@ def test_login_then_commands_use_the_configured_server(
     bad_token = home | {"CASD_TOKEN": "casd_bad"}
     failed(run(None, "tag", "cfg/g", digest, env=bad_token), Exit.DENIED, "unauthorized")
     admin_file = tmp_path / "admin.token"
-    admin_file.write_text(module_server.admin_token + "\n")
+    admin_file.write_text(module_http_server.admin_token + "\n")
     # The stored token may only write cfg/; the admin's token from --token-file may write all.
     failed(run(None, "tag", "other/g", digest, env=home), Exit.DENIED, "forbidden")
     ok(run(None, "tag", "other/g", digest, "--token-file", str(admin_file), env=home))
@@ -53,15 +59,15 @@ def test_login_then_commands_use_the_configured_server(
 
 
 def test_named_servers_and_token_files_in_the_config(
-    module_server: CasdServer, tmp_path: Path
+    module_http_server: InProcessServer, tmp_path: Path
 ) -> None:
     admin_file = tmp_path / "admin.token"
-    admin_file.write_text(module_server.admin_token)
+    admin_file.write_text(module_http_server.admin_token)
     casd_dir = tmp_path / "config" / "casd"
     casd_dir.mkdir(parents=True)
     (casd_dir / "config.toml").write_text(
         f'default = "nowhere"\n\n[servers.nowhere]\nurl = "http://127.0.0.1:{free_port()}"\n\n'
-        f'[servers.local]\nurl = "{module_server.url}"\ntoken_file = "{admin_file}"\n'
+        f'[servers.local]\nurl = "{module_http_server.url}"\ntoken_file = "{admin_file}"\n'
     )
     home = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
     failed(run(None, "ls", "--retries", "0", env=home), Exit.UNAVAILABLE)

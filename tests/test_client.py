@@ -30,16 +30,16 @@ from casd.errors import (
     Unauthorized,
     UnknownBlob,
 )
-from tests.conftest import CasdServer
 from tests.helpers import digest_of
+from tests.inprocess import InProcessServer
 from tests.upload_helpers import CuttingProxy, MiB
 
 Change = Callable[[NameRecord | None], tuple[str, dict[str, Any]]]
 
 
 @pytest.fixture
-async def client(module_server: CasdServer) -> AsyncIterator[Client]:
-    async with Client(module_server.url, module_server.admin_token) as casd:
+async def client(module_http_server: InProcessServer) -> AsyncIterator[Client]:
+    async with Client(module_http_server.url, module_http_server.admin_token) as casd:
         yield casd
 
 
@@ -57,13 +57,13 @@ def leftovers(directory: Path) -> list[str]:
 
 
 async def test_small_file_in_one_put_sends_nothing_when_stored(
-    module_server: CasdServer, tmp_path: Path
+    module_http_server: InProcessServer, tmp_path: Path
 ) -> None:
     data = os.urandom(6 * MiB)
     source = write(tmp_path / "small.img", data)
     async with (
-        CuttingProxy(module_server.port, []) as proxy,
-        Client(proxy.url, module_server.admin_token) as casd,
+        CuttingProxy(module_http_server.port, []) as proxy,
+        Client(proxy.url, module_http_server.admin_token) as casd,
     ):
         first = await casd.put_file(source)
         sent_first = proxy.forwarded
@@ -76,17 +76,26 @@ async def test_small_file_in_one_put_sends_nothing_when_stored(
 
 
 async def test_large_file_goes_through_a_resumable_upload(
-    module_server: CasdServer, tmp_path: Path
+    module_http_server: InProcessServer, tmp_path: Path
 ) -> None:
     data = os.urandom(5 * MiB + 3)
     source = write(tmp_path / "large.img", data)
     seen: list[tuple[int, int]] = []
-    async with Client(module_server.url, module_server.admin_token, small_file_limit=MiB) as casd:
+    async with Client(
+        module_http_server.url, module_http_server.admin_token, small_file_limit=MiB
+    ) as casd:
         blob = await casd.put_file(source, progress=lambda done, total: seen.append((done, total)))
         again = await casd.put_file(source)
     assert (blob.digest, blob.size, blob.created) == (digest_of(data), len(data), True)
     assert not again.created
-    assert f"complete: {digest_of(data)}" in module_server.log()
+    connection = await module_http_server.connect_db()
+    try:
+        completed = await connection.fetchval(
+            "SELECT count(*) FROM uploads WHERE completed_digest = $1", digest_of(data)
+        )
+    finally:
+        await connection.close()
+    assert completed == 1, "it went through a resumable upload, to its end"
     assert seen[-1] == (len(data), len(data))
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
@@ -252,14 +261,16 @@ async def test_listing_follows_pages(client: Client) -> None:
     assert found == names
 
 
-async def test_tokens_and_errors_are_typed(module_server: CasdServer, tmp_path: Path) -> None:
+async def test_tokens_and_errors_are_typed(
+    module_http_server: InProcessServer, tmp_path: Path
+) -> None:
     source = write(tmp_path / "f.img", b"data")
-    async with Client(module_server.url) as anonymous:
+    async with Client(module_http_server.url) as anonymous:
         with pytest.raises(Unauthorized) as raised:
             await anonymous.put_file(source)
         assert raised.value.code == "unauthorized"
-    result = module_server.run_cli("token", "create", "--write", "client-scoped")
-    async with Client(module_server.url, result.stdout.strip()) as scoped:
+    result = module_http_server.run_cli("token", "create", "--write", "client-scoped")
+    async with Client(module_http_server.url, result.stdout.strip()) as scoped:
         blob = await scoped.put_file(source)
         await scoped.tag("client-scoped/f.img", blob.digest)
         with pytest.raises(Forbidden) as forbidden:
@@ -333,7 +344,7 @@ class ReplayServer:
 
 
 async def test_records_of_a_real_server_parse_with_members_added_or_missing(
-    module_server: CasdServer, client: Client, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, client: Client, http: aiohttp.ClientSession
 ) -> None:
     first, second = await client.put_bytes(b"wire one"), await client.put_bytes(b"wire two")
     await client.set_name("client-wire/a", first.digest, create=True, metadata={"k": "v"})
@@ -344,7 +355,7 @@ async def test_records_of_a_real_server_parse_with_members_added_or_missing(
     for path in [*paths, "/v1/names"]:
         query = {"prefix": "client-wire/"} if path == "/v1/names" else None
         async with http.get(
-            module_server.url + path, params=query, headers=module_server.admin_headers
+            module_http_server.url + path, params=query, headers=module_http_server.admin_headers
         ) as response:
             answers[path] = await response.json()
     record, entries = answers[paths[0]], answers[paths[1]]["history"]

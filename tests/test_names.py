@@ -1,7 +1,7 @@
 """Names: compare-and-swap, history, metadata, validation, and the races that matter.
 
-One server (two worker processes over one database) serves the whole module; every test works
-under a name prefix of its own.
+One server (two in-process workers, each with its own event loop and database pool, over one
+database) serves the whole module; every test works under a name prefix of its own.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import pytest
 from yarl import URL
 
 from casd.digests import lock_key
-from tests.conftest import CasdServer, create_database
+from tests.conftest import create_database
 from tests.helpers import blob_path, digest_of, problem_of, random_bytes
+from tests.inprocess import InProcessServer
 from tests.name_helpers import (
     bearer,
     create_only,
@@ -34,15 +35,19 @@ from tests.name_helpers import (
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[CasdServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[InProcessServer]:
     directory = tmp_path_factory.mktemp("names") / "data"
-    instance = CasdServer(directory, create_database(postgres_url), ["--workers", "2"])
+    instance = InProcessServer(
+        directory, create_database(postgres_url, migrated=True), ["--workers", "2"]
+    )
     yield instance.start()
     instance.stop()
 
 
 @pytest.fixture(scope="module")
-async def blobs(server: CasdServer) -> AsyncIterator[list[str]]:
+async def blobs(server: InProcessServer) -> AsyncIterator[list[str]]:
     """Four stored blobs to point names at."""
     async with aiohttp.ClientSession() as http:
         yield [await upload(http, server, server.admin_token, random_bytes(1000)) for _ in range(4)]
@@ -52,7 +57,7 @@ ADMIN_ACTOR = "token:1 (admin)"
 
 
 async def test_create_read_update_delete(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "lifecycle/sle/image.qcow2"
     token = server.admin_token
@@ -113,7 +118,7 @@ async def test_create_read_update_delete(
 
 
 async def test_preconditions(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "preconditions/image.qcow2"
     token = server.admin_token
@@ -172,7 +177,7 @@ MALFORMED_PRECONDITIONS = [
 
 @pytest.mark.parametrize("number", range(len(MALFORMED_PRECONDITIONS)))
 async def test_malformed_preconditions_change_nothing(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str], number: int
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str], number: int
 ) -> None:
     headers = MALFORMED_PRECONDITIONS[number]
     name = f"malformed/{number}"
@@ -196,7 +201,7 @@ async def test_malformed_preconditions_change_nothing(
 
 
 async def test_delete_needs_if_match_and_versions_continue_after_recreate(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "recreate/a"
     headers = bearer(server.admin_token)
@@ -227,7 +232,7 @@ async def test_delete_needs_if_match_and_versions_continue_after_recreate(
 
 
 async def test_metadata_kept_across_flips_and_replaced_when_given(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "metadata/sle/image.qcow2"
     token = server.admin_token
@@ -268,7 +273,7 @@ async def test_metadata_kept_across_flips_and_replaced_when_given(
 
 
 async def test_rollback_is_a_new_version(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "rollback/image.qcow2"
     token = server.admin_token
@@ -332,7 +337,7 @@ BAD_NAMES = [
 
 
 async def test_bad_names_are_refused_everywhere(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     connection = await server.connect_db()
     try:
@@ -363,7 +368,7 @@ async def test_bad_names_are_refused_everywhere(
     ["x" * 512, "a/" + "b" * 510, "a..b/c.d_e+f@g-h", "A0/9z", "openqa/sle-15-SP6/x86_64@1+2"],
 )
 async def test_names_at_the_edges_of_the_rules(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str], name: str
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str], name: str
 ) -> None:
     status, record, _ = await put_name(
         http, server, server.admin_token, name, {"digest": blobs[0]}, create_only()
@@ -422,7 +427,7 @@ def bad_bodies(digest: str, unknown: str) -> list[tuple[bytes | dict[str, Any], 
 
 
 async def test_bad_bodies_change_nothing(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "bodies/image.qcow2"
     token = server.admin_token
@@ -442,7 +447,7 @@ async def test_bad_bodies_change_nothing(
     assert len(await history(http, server, name)) == 1
 
 
-async def test_unhealthy_blobs(server: CasdServer, http: aiohttp.ClientSession) -> None:
+async def test_unhealthy_blobs(server: InProcessServer, http: aiohttp.ClientSession) -> None:
     token = server.admin_token
     digest = await upload(http, server, token, random_bytes(3000))
     name = "unhealthy/image.qcow2"
@@ -471,7 +476,7 @@ async def test_unhealthy_blobs(server: CasdServer, http: aiohttp.ClientSession) 
 
 
 async def list_page(
-    http: aiohttp.ClientSession, server: CasdServer, **params: Any
+    http: aiohttp.ClientSession, server: InProcessServer, **params: Any
 ) -> tuple[int, dict[str, Any]]:
     query = {key: str(value) for key, value in params.items()}
     async with http.get(f"{server.url}/v1/names", params=query) as response:
@@ -479,7 +484,7 @@ async def list_page(
 
 
 async def test_listing_pages_by_literal_prefix(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     token = server.admin_token
     wanted = sorted(f"list/a_b/{n:02d}" for n in range(25))
@@ -531,7 +536,7 @@ async def test_listing_pages_by_literal_prefix(
 
 
 async def test_history_pages_and_unknown_names(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     name = "history/image.qcow2"
     token = server.admin_token
@@ -556,7 +561,9 @@ async def test_history_pages_and_unknown_names(
             )
 
 
-async def test_cas_storm(server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]) -> None:
+async def test_cas_storm(
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
+) -> None:
     """32 clients each do 50 read-then-If-Match flips of one name: every success is one version
     of the history, in order, with no gaps and nothing lost."""
     clients, rounds = 32, 50
@@ -607,7 +614,7 @@ async def test_cas_storm(server: CasdServer, http: aiohttp.ClientSession, blobs:
 
 
 async def test_concurrent_creates_and_deletes(
-    server: CasdServer, http: aiohttp.ClientSession, blobs: list[str]
+    server: InProcessServer, http: aiohttp.ClientSession, blobs: list[str]
 ) -> None:
     """Clients racing to create, update and delete one name: every success is in the history
     exactly once, versions continue across deletes without gaps, nothing fails otherwise."""
@@ -663,7 +670,7 @@ async def test_concurrent_creates_and_deletes(
 
 
 async def test_openqa_investigations_cannot_touch_production(
-    server: CasdServer, http: aiohttp.ClientSession
+    server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     production, first, second = await asyncio.gather(
         new_token(server, "prod", label="production"),
@@ -741,7 +748,7 @@ async def test_openqa_investigations_cannot_touch_production(
 
 
 async def test_name_put_racing_blob_removal(
-    server: CasdServer, http: aiohttp.ClientSession
+    server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """A stand-in for the collector removes the bytes and the row of unreferenced blobs under the
     blob's exclusive lock, while a client names the blob: either the name exists and so do the

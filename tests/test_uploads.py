@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,8 +15,9 @@ import blake3
 import pytest
 
 from casd.client import Client, Retry
-from tests.conftest import CasdServer, create_database
+from tests.conftest import CasdServer, HttpServerFactory, ServerFactory
 from tests.helpers import blob_path, digest_of, problem_of
+from tests.inprocess import InProcessServer
 from tests.upload_helpers import (
     Budget,
     CuttingProxy,
@@ -39,56 +40,41 @@ from tests.upload_helpers import (
 )
 
 
-def start_server(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, *args: str, **env: str
-) -> CasdServer:
-    directory = tmp_path_factory.mktemp("uploads") / "data"
-    return CasdServer(directory, create_database(postgres_url), list(args), env).start()
+@pytest.fixture
+def two_workers(casd_server_factory: ServerFactory) -> CasdServer:
+    """casd serve with two worker processes: their pids tell in the log which one served."""
+    return casd_server_factory("--workers", "2")
 
 
-@pytest.fixture(scope="module")
-def two_workers(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
-) -> Iterator[CasdServer]:
-    server = start_server(tmp_path_factory, postgres_url, "--workers", "2")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[CasdServer]:
+@pytest.fixture
+def limited(http_server_factory: HttpServerFactory) -> InProcessServer:
     """Idle uploads expire after a second; blobs may have at most 1 MiB; two workers sweep."""
-    server = start_server(
-        tmp_path_factory,
-        postgres_url,
-        "--workers",
-        "2",
-        CASD_UPLOAD_TTL="1s",
-        CASD_MAX_BLOB_SIZE="1MiB",
+    return http_server_factory(
+        "--workers", "2", env={"CASD_UPLOAD_TTL": "1s", "CASD_MAX_BLOB_SIZE": "1MiB"}
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
-def other_token(module_server: CasdServer) -> str:
-    result = module_server.run_cli("token", "create", "--write", "someone/else")
+def other_token(module_http_server: InProcessServer) -> str:
+    result = module_http_server.run_cli("token", "create", "--write", "someone/else")
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 @pytest.fixture
-async def client(module_server: CasdServer) -> AsyncIterator[Client]:
-    async with Client(module_server.url, module_server.admin_token) as casd:
+async def client(module_http_server: InProcessServer) -> AsyncIterator[Client]:
+    async with Client(module_http_server.url, module_http_server.admin_token) as casd:
         yield casd
 
 
-async def test_upload_in_pieces(module_server: CasdServer, http: aiohttp.ClientSession) -> None:
-    token = module_server.admin_token
+async def test_upload_in_pieces(
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    token = module_http_server.admin_token
     data = os.urandom(3 * MiB + 11)
     digest = digest_of(data)
     url = await create_upload(
-        http, module_server, token, Upload_Length=str(len(data)), Casd_Digest=digest
+        http, module_http_server, token, Upload_Length=str(len(data)), Casd_Digest=digest
     )
     answer = await patch(http, url, token, 0, data[:MiB])
     assert answer.status == 204
@@ -99,7 +85,7 @@ async def test_upload_in_pieces(module_server: CasdServer, http: aiohttp.ClientS
     assert answer.headers["Upload-Length"] == str(len(data))
     assert answer.headers["Upload-Complete"] == "?0"
     assert answer.headers["Cache-Control"] == "no-store"
-    assert len(staged_bytes(module_server, url) or b"") == MiB
+    assert len(staged_bytes(module_http_server, url) or b"") == MiB
 
     answer = await patch(http, url, token, MiB, data[MiB:], complete=True)
     assert answer.status == 201
@@ -110,18 +96,18 @@ async def test_upload_in_pieces(module_server: CasdServer, http: aiohttp.ClientS
     assert finished.headers["Upload-Complete"] == "?1"
     assert finished.headers["Upload-Offset"] == str(len(data))
     assert finished.headers["Location"] == f"/v1/blobs/{digest}"
-    assert staged_bytes(module_server, url) is None
-    assert blob_path(module_server.data_dir, digest).read_bytes() == data
-    async with http.get(f"{module_server.url}/v1/blobs/{digest}") as response:
+    assert staged_bytes(module_http_server, url) is None
+    assert blob_path(module_http_server.data_dir, digest).read_bytes() == data
+    async with http.get(f"{module_http_server.url}/v1/blobs/{digest}") as response:
         assert await response.read() == data
 
 
 async def test_post_with_the_first_bytes_or_all(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
+    token = module_http_server.admin_token
     data = os.urandom(2 * MiB)
-    url = await create_upload(http, module_server, token, data=data[:1000])
+    url = await create_upload(http, module_http_server, token, data=data[:1000])
     assert await offset_of(http, url, token) == 1000
     answer = await patch(http, url, token, 1000, data[1000:], complete=True)
     assert answer.body == {"digest": digest_of(data), "size": len(data)}
@@ -130,7 +116,7 @@ async def test_post_with_the_first_bytes_or_all(
     answer = await call(
         http,
         "POST",
-        f"{module_server.url}/v1/uploads",
+        f"{module_http_server.url}/v1/uploads",
         data=whole,
         headers=bearer(token) | {"Upload-Complete": "?1", "Casd-Digest": digest_of(whole)},
     )
@@ -140,10 +126,10 @@ async def test_post_with_the_first_bytes_or_all(
 
 
 async def test_wrong_offsets_are_refused(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
-    url = await create_upload(http, module_server, token, data=b"x" * 100)
+    token = module_http_server.admin_token
+    url = await create_upload(http, module_http_server, token, data=b"x" * 100)
     for wrong in (0, 99, 101, 10**12):
         answer = await patch(http, url, token, wrong, b"y" * 50)
         assert answer.status == 409, answer.body
@@ -151,7 +137,7 @@ async def test_wrong_offsets_are_refused(
         assert answer.headers["Upload-Offset"] == "100"
     assert (await patch(http, url, token, 100, b"y" * 50)).status == 204
     assert await offset_of(http, url, token) == 150
-    assert staged_bytes(module_server, url) == b"x" * 100 + b"y" * 50
+    assert staged_bytes(module_http_server, url) == b"x" * 100 + b"y" * 50
 
     for bad in ("-1", "abc", ""):
         answer = await patch(http, url, token, 0, b"z", Upload_Offset=bad)
@@ -164,10 +150,10 @@ async def test_wrong_offsets_are_refused(
 
 
 async def test_uploads_belong_to_their_token(
-    module_server: CasdServer, http: aiohttp.ClientSession, other_token: str
+    module_http_server: InProcessServer, http: aiohttp.ClientSession, other_token: str
 ) -> None:
-    token = module_server.admin_token
-    url = await create_upload(http, module_server, token, data=b"mine")
+    token = module_http_server.admin_token
+    url = await create_upload(http, module_http_server, token, data=b"mine")
     assert (await head(http, url, other_token)).status == 404
     answer = await patch(http, url, other_token, 4, b"theirs")
     assert answer.status == 404
@@ -175,48 +161,48 @@ async def test_uploads_belong_to_their_token(
     answer = await call(http, "DELETE", url, headers=bearer(other_token))
     assert answer.status == 404
     assert await offset_of(http, url, token) == 4
-    assert staged_bytes(module_server, url) == b"mine"
+    assert staged_bytes(module_http_server, url) == b"mine"
 
     for method in ("HEAD", "PATCH", "DELETE"):
         assert (await call(http, method, url)).status == 401
-    async with http.post(f"{module_server.url}/v1/uploads") as response:
+    async with http.post(f"{module_http_server.url}/v1/uploads") as response:
         assert response.status == 401
         assert (await problem_of(response))["code"] == "unauthorized"
-    missing = f"{module_server.url}/v1/uploads/{'0' * 32}"
+    missing = f"{module_http_server.url}/v1/uploads/{'0' * 32}"
     assert (await head(http, missing, token)).status == 404
-    answer = await call(http, "HEAD", f"{module_server.url}/v1/uploads/..%2F..%2Fx")
+    answer = await call(http, "HEAD", f"{module_http_server.url}/v1/uploads/..%2F..%2Fx")
     assert answer.status in (400, 404)
 
 
 async def test_digest_mismatch_discards_the_upload(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
+    token = module_http_server.admin_token
     data = os.urandom(2 * MiB)
     promised = digest_of(b"something else")
-    url = await create_upload(http, module_server, token, Casd_Digest=promised)
+    url = await create_upload(http, module_http_server, token, Casd_Digest=promised)
     assert (await patch(http, url, token, 0, data[:MiB])).status == 204
     answer = await patch(http, url, token, MiB, data[MiB:], complete=True)
     assert answer.status == 400
     assert answer.body["code"] == "digest-mismatch"
     assert (await head(http, url, token)).status == 404
-    assert staged_bytes(module_server, url) is None
+    assert staged_bytes(module_http_server, url) is None
     for digest in (promised, digest_of(data)):
-        assert not blob_path(module_server.data_dir, digest).exists()
-        async with http.head(f"{module_server.url}/v1/blobs/{digest}") as response:
+        assert not blob_path(module_http_server.data_dir, digest).exists()
+        async with http.head(f"{module_http_server.url}/v1/blobs/{digest}") as response:
             assert response.status == 404
 
-    url = await create_upload(http, module_server, token, data=b"abc")
+    url = await create_upload(http, module_http_server, token, data=b"abc")
     answer = await patch(http, url, token, 3, b"def", complete=True, Casd_Digest=promised)
     assert answer.body["code"] == "digest-mismatch"
-    assert upload_id(url) not in await upload_rows(module_server)
+    assert upload_id(url) not in await upload_rows(module_http_server)
 
 
 async def test_upload_length_is_enforced(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
-    url = await create_upload(http, module_server, token, data=b"0123", Upload_Length="10")
+    token = module_http_server.admin_token
+    url = await create_upload(http, module_http_server, token, data=b"0123", Upload_Length="10")
 
     answer = await patch(http, url, token, 4, b"x" * 20)
     assert (answer.status, answer.body["code"]) == (400, "invalid-request")
@@ -228,32 +214,32 @@ async def test_upload_length_is_enforced(
     answer = await patch(http, url, token, 4, b"x" * 3, Upload_Length="12")
     assert answer.status == 400, "a different Upload-Length"
     assert await offset_of(http, url, token) == 4
-    assert len(staged_bytes(module_server, url) or b"") <= 10
+    assert len(staged_bytes(module_http_server, url) or b"") <= 10
 
     answer = await patch(http, url, token, 4, b"456789", complete=True)
     assert answer.body == {"digest": digest_of(b"0123456789"), "size": 10}
 
-    before = set(await upload_rows(module_server))
+    before = set(await upload_rows(module_http_server))
     answer = await call(
         http,
         "POST",
-        f"{module_server.url}/v1/uploads",
+        f"{module_http_server.url}/v1/uploads",
         data=slow_chunks(b"y" * 30, 10, 0.01),
         headers=bearer(token) | {"Upload-Length": "20"},
     )
     assert (answer.status, answer.body["code"]) == (400, "invalid-request")
-    assert set(await upload_rows(module_server)) == before, "a refused POST leaves no upload"
+    assert set(await upload_rows(module_http_server)) == before, "a refused POST leaves no upload"
 
-    url = await create_upload(http, module_server, token)
+    url = await create_upload(http, module_http_server, token)
     answer = await patch(http, url, token, 0, b"late length", Upload_Length="11", complete=True)
     assert answer.body == {"digest": digest_of(b"late length"), "size": 11}
 
 
 async def test_bad_headers_change_nothing(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
-    before = await upload_rows(module_server)
+    token = module_http_server.admin_token
+    before = await upload_rows(module_http_server)
     for headers, code in [
         ({"Casd-Digest": "sha256:" + "0" * 64}, "invalid-digest"),
         ({"Upload-Length": "-5"}, "invalid-request"),
@@ -264,34 +250,34 @@ async def test_bad_headers_change_nothing(
         answer = await call(
             http,
             "POST",
-            f"{module_server.url}/v1/uploads",
+            f"{module_http_server.url}/v1/uploads",
             data=b"body",
             headers=bearer(token) | headers,
         )
         assert (answer.status, answer.body["code"]) == (400, code), headers
-    assert await upload_rows(module_server) == before
+    assert await upload_rows(module_http_server) == before
 
-    url = await create_upload(http, module_server, token, data=b"1234")
+    url = await create_upload(http, module_http_server, token, data=b"1234")
     answer = await patch(http, url, token, 4, b"x", Casd_Digest="blake3:xyz")
     assert (answer.status, answer.body["code"]) == (400, "invalid-digest")
     assert await offset_of(http, url, token) == 4
 
 
 async def test_delete_removes_the_staged_bytes(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
-    url = await create_upload(http, module_server, token, data=os.urandom(1000))
-    assert staged_bytes(module_server, url) is not None
+    token = module_http_server.admin_token
+    url = await create_upload(http, module_http_server, token, data=os.urandom(1000))
+    assert staged_bytes(module_http_server, url) is not None
     assert (await call(http, "DELETE", url, headers=bearer(token))).status == 204
-    assert staged_bytes(module_server, url) is None
+    assert staged_bytes(module_http_server, url) is None
     assert (await head(http, url, token)).status == 404
     assert (await patch(http, url, token, 1000, b"more")).status == 404
     assert (await call(http, "DELETE", url, headers=bearer(token))).status == 404
 
 
 async def test_size_limit_and_expiry_of_idle_uploads(
-    limited: CasdServer, http: aiohttp.ClientSession
+    limited: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     token = limited.admin_token
     answer = await call(
@@ -381,10 +367,11 @@ async def hang_and_resume(
 
 
 async def test_concurrent_resumers_never_interleave(
-    two_workers: CasdServer, http: aiohttp.ClientSession, tmp_path: Path
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """Eight clients resume one upload at once, each ending the others' requests: every byte
-    lands once, in order, and all of them end with the one verified blob."""
+    lands once, in order, and all of them end with the one verified blob (two workers)."""
+    two_workers = http_server_factory("--workers", "2")
     data = os.urandom(24 * MiB)
     source = tmp_path / "data"
     source.write_bytes(data)

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 
 MiB = 1024 * 1024
 
@@ -39,7 +39,7 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
 
 async def create_upload(
     http: aiohttp.ClientSession,
-    server: CasdServer,
+    server: AnyServer,
     token: str,
     *,
     data: bytes = b"",
@@ -96,7 +96,7 @@ def upload_id(url: str) -> str:
     return url.rpartition("/")[2]
 
 
-def staged_bytes(server: CasdServer, url: str) -> bytes | None:
+def staged_bytes(server: AnyServer, url: str) -> bytes | None:
     """The bytes staged for an upload: its segments in order; None if it has none on disk."""
     directory = server.data_dir / "uploads" / upload_id(url)
     if not directory.exists():
@@ -105,14 +105,14 @@ def staged_bytes(server: CasdServer, url: str) -> bytes | None:
     return b"".join(path.read_bytes() for path in segments)
 
 
-def staged_size(server: CasdServer, url: str) -> int:
+def staged_size(server: AnyServer, url: str) -> int:
     """Bytes written for an upload so far (recorded or not), 0 if none."""
     directory = server.data_dir / "uploads" / upload_id(url)
     paths = list(directory.iterdir()) if directory.exists() else []
     return sum(path.stat().st_size for path in paths)
 
 
-async def upload_rows(server: CasdServer, *, completed: bool = False) -> dict[str, dict[str, Any]]:
+async def upload_rows(server: AnyServer, *, completed: bool = False) -> dict[str, dict[str, Any]]:
     """The uploads in progress (with ``completed``, the completed ones too) by id."""
     connection = await server.connect_db()
     try:
@@ -136,7 +136,7 @@ class HangingPatch:
     """A PATCH on a raw connection that sends part of its body, then goes silent (a client
     whose link died while the server still holds the request)."""
 
-    def __init__(self, server: CasdServer, url: str, token: str) -> None:
+    def __init__(self, server: AnyServer, url: str, token: str) -> None:
         self.server, self.url, self.token = server, url, token
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
