@@ -13,8 +13,9 @@ import aiohttp
 
 from casd.digests import lock_key
 from casd.gc import Collector
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
 from tests.helpers import blob_path, digest_of
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import (
     blob_rows,
     blob_service,
@@ -31,7 +32,7 @@ from tests.name_helpers import bearer, create_only, if_match, put_name
 class Names:
     """Writes names through the API, following their versions."""
 
-    def __init__(self, http: aiohttp.ClientSession, server: CasdServer) -> None:
+    def __init__(self, http: aiohttp.ClientSession, server: AnyServer) -> None:
         self.http, self.server = http, server
         self.versions: dict[str, int] = {}
 
@@ -56,9 +57,9 @@ class Names:
 
 
 async def test_gc_keeps_what_is_kept_and_collects_the_rest(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory()
+    server = http_server_factory()
     keys = ["H1", "H2", "H3", "K1", "K2", "D1", "D2", "D3", "U", "Q"]
     blobs = {key: os.urandom(1000 + n) for n, key in enumerate(keys)}
     for data in blobs.values():
@@ -129,10 +130,10 @@ async def test_gc_keeps_what_is_kept_and_collects_the_rest(
 
 
 async def test_collect_checks_again_under_the_lock(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """What was a candidate when listed is kept if it was re-uploaded or named meanwhile."""
-    server = module_server
+    server = module_http_server
     old, reuploaded, named = (os.urandom(5000) for _ in range(3))
     for data in (old, reuploaded, named):
         await upload(http, server, data)
@@ -161,11 +162,11 @@ async def test_collect_checks_again_under_the_lock(
 
 
 async def test_reupload_without_body_waits_for_a_collection_in_progress(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """PUT with Expect: 100-continue of stored bytes counts as a re-upload: while a collector
     holds the blob, it waits; when the blob is gone, the client is asked for the bytes."""
-    server = module_server
+    server = module_http_server
     data = os.urandom(50_000)
     digest = await upload(http, server, data)
     collector = await server.connect_db()
@@ -184,7 +185,7 @@ async def test_reupload_without_body_waits_for_a_collection_in_progress(
 
 
 async def put_expecting_continue(
-    http: aiohttp.ClientSession, server: CasdServer, data: bytes
+    http: aiohttp.ClientSession, server: AnyServer, data: bytes
 ) -> int:
     async with http.put(
         f"{server.url}/v1/blobs/{digest_of(data)}",
@@ -196,12 +197,12 @@ async def put_expecting_continue(
 
 
 async def test_gc_races_uploads_names_and_reuploads(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """GC without grace or history in a loop while clients upload, name and re-upload a small
     set of contents: afterwards every name resolves to a readable blob with the right bytes,
     and every blob row has its file."""
-    server = module_server
+    server = module_http_server
     contents = [os.urandom(size) for size in (1, 700, 40_000, 300_000, 1_200_000) for _ in (0, 1)]
     by_digest = {digest_of(data): data for data in contents}
     stop = asyncio.Event()

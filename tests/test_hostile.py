@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 from tests.helpers import blob_path, digest_of, problem_of
+from tests.inprocess import InProcessServer
 from tests.upload_helpers import upload_rows
 
 
@@ -33,7 +34,7 @@ class RawAnswer:
         return body
 
 
-async def raw_request(server: CasdServer, data: bytes, seconds: float = 10.0) -> RawAnswer:
+async def raw_request(server: AnyServer, data: bytes, seconds: float = 10.0) -> RawAnswer:
     """Send ``data`` as it is on a fresh connection; the first answer (the server closes)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
@@ -62,14 +63,14 @@ def request_bytes(
 
 
 async def test_encoded_bodies_are_refused_before_reading(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     data = os.urandom(200_000)
     # 65 KB of gzip on the wire that would inflate to 64 MiB.
     bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
     bodies = {"gzip": gzip.compress(data), "deflate": zlib.compress(data), "br": b"not brotli"}
     bodies["gzip, identity"] = bomb
-    auth = module_server.admin_headers
+    auth = module_http_server.admin_headers
     for coding, body in bodies.items():
         headers = auth | {"Content-Encoding": coding}
         targets = [
@@ -79,19 +80,21 @@ async def test_encoded_bodies_are_refused_before_reading(
             ("PUT", "/v1/names/hostile/encoded"),
         ]
         for method, path in targets:
-            url = module_server.url + path
+            url = module_http_server.url + path
             extra = {"If-None-Match": "*"} if "names" in path else {}
             async with http.request(method, url, data=body, headers=headers | extra) as response:
                 assert response.status == 415, (coding, method, path)
                 problem = await problem_of(response)
                 assert problem["code"] == "unsupported-content-encoding"
                 assert response.headers["Accept-Encoding"] == "identity"
-    assert not blob_path(module_server.data_dir, digest_of(data)).exists()
-    assert digest_of(bytes(64 * 1024 * 1024)) not in str(list(module_server.data_dir.rglob("*")))
-    assert await upload_rows(module_server) == {}
+    assert not blob_path(module_http_server.data_dir, digest_of(data)).exists()
+    assert digest_of(bytes(64 * 1024 * 1024)) not in str(
+        list(module_http_server.data_dir.rglob("*"))
+    )
+    assert await upload_rows(module_http_server) == {}
     # identity is what casd stores anyway.
     async with http.put(
-        f"{module_server.url}/v1/blobs/{digest_of(data)}",
+        f"{module_http_server.url}/v1/blobs/{digest_of(data)}",
         data=data,
         headers=auth | {"Content-Encoding": "identity"},
     ) as response:
@@ -120,24 +123,28 @@ async def test_encoded_bodies_are_refused_before_reading(
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="tls-hello"),
     ],
 )
-async def test_malformed_requests_get_problem_json(module_server: CasdServer, raw: bytes) -> None:
-    answer = await raw_request(module_server, raw)
+async def test_malformed_requests_get_problem_json(
+    module_http_server: InProcessServer, raw: bytes
+) -> None:
+    answer = await raw_request(module_http_server, raw)
     assert 400 <= answer.status < 500, answer
     assert answer.problem()["code"] == "invalid-request"
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/v1/names/x", "/v1/no/such/route", "/v1/uploads"])
-async def test_unknown_expectations_on_every_route(module_server: CasdServer, path: str) -> None:
+async def test_unknown_expectations_on_every_route(
+    module_http_server: InProcessServer, path: str
+) -> None:
     for method in ("GET", "POST"):
         answer = await raw_request(
-            module_server,
+            module_http_server,
             request_bytes(
                 method,
                 path,
                 {
                     "Expect": "200-ok",
                     "Content-Length": "0",
-                    "Authorization": f"Bearer {module_server.admin_token}",
+                    "Authorization": f"Bearer {module_http_server.admin_token}",
                 },
             ),
         )
@@ -146,9 +153,9 @@ async def test_unknown_expectations_on_every_route(module_server: CasdServer, pa
 
 
 async def test_names_with_control_characters_are_invalid(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    auth = module_server.admin_headers | {"If-None-Match": "*"}
+    auth = module_http_server.admin_headers | {"If-None-Match": "*"}
     for name in ("a%0Ab", "a%0D%0Ab", "x/%0A", "%0A", "a%00b", "a%09b"):
         for method, path in [
             ("GET", f"/v1/names/{name}"),
@@ -159,7 +166,7 @@ async def test_names_with_control_characters_are_invalid(
             ("PUT", f"/v1/policies/{name}"),
             ("DELETE", f"/v1/policies/{name}"),
         ]:
-            url = URL(module_server.url + path, encoded=True)
+            url = URL(module_http_server.url + path, encoded=True)
             body = {"digest": "x"} if "/names/" in path else {"protected": True}
             async with http.request(method, url, json=body, headers=auth) as response:
                 assert response.status == 400, (method, path)
@@ -167,30 +174,30 @@ async def test_names_with_control_characters_are_invalid(
 
 
 async def test_failed_or_interrupted_upload_creation_leaves_no_upload(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    token = module_server.admin_token
+    token = module_http_server.admin_token
     head = (
         f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
         "Content-Length: 1000000\r\n\r\n"
     ).encode()
     for _ in range(3):  # the client goes away after part of the body
-        _reader, writer = await asyncio.open_connection("127.0.0.1", module_server.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", module_http_server.port)
         writer.write(head + os.urandom(300_000))
         await writer.drain()
         await asyncio.sleep(0.3)
         writer.transport.abort()
     # A body that does not hash to the digest announced.
     async with http.post(
-        f"{module_server.url}/v1/uploads",
+        f"{module_http_server.url}/v1/uploads",
         data=b"abc",
-        headers=module_server.admin_headers
+        headers=module_http_server.admin_headers
         | {"Upload-Complete": "?1", "Casd-Digest": digest_of(b"xyz")},
     ) as response:
         assert (await problem_of(response))["code"] == "digest-mismatch"
     for _ in range(100):
-        rows = await upload_rows(module_server)
-        staged = list((module_server.data_dir / "uploads").iterdir())
+        rows = await upload_rows(module_http_server)
+        staged = list((module_http_server.data_dir / "uploads").iterdir())
         if not rows and not staged:
             break
         await asyncio.sleep(0.1)

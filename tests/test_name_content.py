@@ -7,14 +7,15 @@ import os
 
 import aiohttp
 
-from tests.conftest import CasdServer
+from tests.conftest import AnyServer
 from tests.helpers import blob_path, digest_of, problem_of, put_blob
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import flip_byte, full_get
 from tests.upload_helpers import MiB, bearer, call, create_upload
 
 
 async def set_name(
-    http: aiohttp.ClientSession, server: CasdServer, name: str, digest: str, version: int | None
+    http: aiohttp.ClientSession, server: AnyServer, name: str, digest: str, version: int | None
 ) -> None:
     precondition = {"If-Match": f'"{version}"'} if version else {"If-None-Match": "*"}
     async with http.put(
@@ -26,14 +27,14 @@ async def set_name(
 
 
 async def test_a_name_content_is_its_blob_in_one_request(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     first, second = os.urandom(3 * MiB), os.urandom(1000)
     for data in (first, second):
-        await put_blob(http, module_server.url, module_server.admin_token, data)
+        await put_blob(http, module_http_server.url, module_http_server.admin_token, data)
     name = "content-test/images/disk.qcow2"
-    url = f"{module_server.url}/v1/names/{name}/content"
-    await set_name(http, module_server, name, digest_of(first), None)
+    url = f"{module_http_server.url}/v1/names/{name}/content"
+    await set_name(http, module_http_server, name, digest_of(first), None)
 
     async with http.get(url) as response:
         assert response.status == 200
@@ -58,31 +59,33 @@ async def test_a_name_content_is_its_blob_in_one_request(
         assert response.status == 304
         assert response.headers["Cache-Control"] == "no-cache"
 
-    await set_name(http, module_server, name, digest_of(second), 1)
+    await set_name(http, module_http_server, name, digest_of(second), 1)
     async with http.get(url, headers=etag) as response:
         assert response.status == 200, "a cache revalidating the old digest gets the new bytes"
         assert await response.read() == second
         assert response.headers["Casd-Digest"] == digest_of(second)
 
-    async with http.get(f"{module_server.url}/v1/names/content-test/missing/content") as response:
+    async with http.get(
+        f"{module_http_server.url}/v1/names/content-test/missing/content"
+    ) as response:
         assert response.status == 404
         assert (await problem_of(response))["code"] == "name-not-found"
-    async with http.get(f"{module_server.url}/v1/names/content-test/../x/content") as response:
+    async with http.get(f"{module_http_server.url}/v1/names/content-test/../x/content") as response:
         assert response.status in (400, 404)
         await problem_of(response)
-    async with http.get(f"{module_server.url}/v1/names/{name}") as response:
+    async with http.get(f"{module_http_server.url}/v1/names/{name}") as response:
         assert (await response.json())["version"] == 2, "the record itself is still there"
 
 
 async def test_a_corrupt_blob_is_not_sent_complete_by_name(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     data = os.urandom(5 * MiB)
-    await put_blob(http, module_server.url, module_server.admin_token, data)
+    await put_blob(http, module_http_server.url, module_http_server.admin_token, data)
     name = "content-test/rotten.img"
-    await set_name(http, module_server, name, digest_of(data), None)
-    flip_byte(blob_path(module_server.data_dir, digest_of(data)), 4 * MiB)
-    url = f"{module_server.url}/v1/names/{name}/content"
+    await set_name(http, module_http_server, name, digest_of(data), None)
+    flip_byte(blob_path(module_http_server.data_dir, digest_of(data)), 4 * MiB)
+    url = f"{module_http_server.url}/v1/names/{name}/content"
     status, received = await full_get(http, url)
     assert status is None and len(received) < len(data), "the transfer was cut"
     async with http.get(url) as response:
@@ -91,12 +94,14 @@ async def test_a_corrupt_blob_is_not_sent_complete_by_name(
 
 
 async def test_uploads_are_listed_to_their_token_only(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    mine = module_server.run_cli("token", "create", "--write", "uploads-a").stdout.strip()
-    theirs = module_server.run_cli("token", "create", "--write", "uploads-b").stdout.strip()
-    url = await create_upload(http, module_server, mine, data=b"x" * 1000, Upload_Length="5000")
-    listing = f"{module_server.url}/v1/uploads"
+    mine = module_http_server.run_cli("token", "create", "--write", "uploads-a").stdout.strip()
+    theirs = module_http_server.run_cli("token", "create", "--write", "uploads-b").stdout.strip()
+    url = await create_upload(
+        http, module_http_server, mine, data=b"x" * 1000, Upload_Length="5000"
+    )
+    listing = f"{module_http_server.url}/v1/uploads"
     answer = await call(http, "GET", listing, headers=bearer(mine))
     assert answer.status == 200
     (upload,) = answer.body["uploads"]

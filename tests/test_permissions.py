@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
 from tests.helpers import digest_of
 from tests.name_helpers import create_only, if_match
 from tests.policy_helpers import call, mint, set_policy
@@ -117,12 +117,12 @@ def expected(operation: str, kind: Kind, target: str) -> tuple[int, str]:
 
 @dataclass
 class World:
-    server: CasdServer
+    server: AnyServer
     secrets: dict[str, str | None]
     blobs: dict[str, bytes]  # per target: the blob its names point at
 
 
-async def build_world(http: aiohttp.ClientSession, server: CasdServer) -> World:
+async def build_world(http: aiohttp.ClientSession, server: AnyServer) -> World:
     admin = server.admin_token
     await set_policy(http, server, "prod", protected=True)
     await set_policy(http, server, "release", immutable=True)
@@ -235,9 +235,9 @@ async def attempt(
 
 
 async def test_permission_matrix(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory("--private")
+    server = http_server_factory("--private")
     world = await build_world(http, server)
     cases = list(itertools.product(OPERATIONS, KINDS, TARGETS))
     semaphore = asyncio.Semaphore(16)

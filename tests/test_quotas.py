@@ -11,14 +11,15 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
 from tests.helpers import blob_path, digest_of
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import metric_samples
 from tests.name_helpers import create_only, if_match
 from tests.policy_helpers import call, mint, own_token, set_policy
 
 
-def leftovers(server: CasdServer) -> list[Path]:
+def leftovers(server: AnyServer) -> list[Path]:
     """Staged bytes of uploads and blobs: none may survive a refused upload."""
     return [
         path
@@ -28,16 +29,16 @@ def leftovers(server: CasdServer) -> list[Path]:
     ]
 
 
-async def stored(http: aiohttp.ClientSession, server: CasdServer, data: bytes) -> bool:
+async def stored(http: aiohttp.ClientSession, server: AnyServer, data: bytes) -> bool:
     async with http.head(f"{server.url}/v1/blobs/{digest_of(data)}") as response:
         assert response.status in (200, 404)
         return response.status == 200
 
 
 async def test_a_token_quota_counts_new_bytes_and_refuses_early(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory()
+    server = http_server_factory()
     record = await mint(
         http, server, server.admin_token, write_prefixes=["quota"], quota_bytes=1000
     )
@@ -118,12 +119,12 @@ async def test_a_token_quota_counts_new_bytes_and_refuses_early(
 
 
 async def test_concurrent_uploads_never_take_a_token_past_its_quota(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """The rule: every upload is checked against what was left when it began, and the budget
     is charged when its blob is published, under the token's row lock; so of uploads racing
     for the last bytes, exactly those that fit are stored, whatever the order."""
-    server = module_server
+    server = module_http_server
     size, fits = 1000, 10
     token = (
         await mint(
@@ -158,9 +159,9 @@ async def test_concurrent_uploads_never_take_a_token_past_its_quota(
 
 
 async def test_a_prefix_quota_counts_the_bytes_its_names_reference(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     await set_policy(http, server, "team", quota_bytes=1500)
     big, small = os.urandom(1000), os.urandom(600)
     for data in (big, small):

@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 
 from casd.scrub import Scrubber
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import HttpServerFactory, ServerFactory
 from tests.helpers import blob_path, digest_of, problem_of
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import (
     blob_rows,
     blob_service,
@@ -31,13 +32,13 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def scrub_server(casd_server_factory: ServerFactory) -> CasdServer:
+def scrub_server(http_server_factory: HttpServerFactory) -> InProcessServer:
     """A server of its own: a scrub's counts cover every blob there is."""
-    return casd_server_factory()
+    return http_server_factory()
 
 
 async def test_scrub_quarantines_rot_and_reports_it(
-    scrub_server: CasdServer, http: aiohttp.ClientSession
+    scrub_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     server = scrub_server
     intact = [await stored_blob(http, server, size) for size in (10, 1000, 2 * MiB)]
@@ -83,7 +84,7 @@ async def test_scrub_quarantines_rot_and_reports_it(
 
 
 async def test_scrub_output_and_strict_exit_status(
-    scrub_server: CasdServer, http: aiohttp.ClientSession
+    scrub_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     server = scrub_server
     data = await stored_blob(http, server, 5000)
@@ -103,7 +104,7 @@ async def test_scrub_output_and_strict_exit_status(
 
 
 async def test_older_than_only_rehashes_blobs_not_verified_recently(
-    scrub_server: CasdServer, http: aiohttp.ClientSession
+    scrub_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     server = scrub_server
     data = await stored_blob(http, server, 100_000)
@@ -116,7 +117,7 @@ async def test_older_than_only_rehashes_blobs_not_verified_recently(
 
 
 async def test_reconciles_orphan_files_and_missing_files(
-    scrub_server: CasdServer, http: aiohttp.ClientSession
+    scrub_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     server = scrub_server
     # A verified file without a row (say, a crash between rename and commit) is adopted.
@@ -166,7 +167,7 @@ async def test_reconciles_orphan_files_and_missing_files(
 
 
 async def test_scrub_next_to_uploads_takes_nothing_in_flight_for_an_orphan(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """Scrubs in a loop while clients upload: every upload ends as an intact, healthy blob, and
     no scrub adopts, quarantines or marks missing anything."""
@@ -176,7 +177,7 @@ async def test_scrub_next_to_uploads_takes_nothing_in_flight_for_an_orphan(
     reports = []
 
     async def scrub_loop() -> None:
-        async with blob_service(module_server) as blobs:
+        async with blob_service(module_http_server) as blobs:
             while not stop.is_set():
                 # Rows verified within the hour are only checked to be there: quick rounds.
                 reports.append(await Scrubber(blobs, older_than=3600).run())
@@ -184,9 +185,9 @@ async def test_scrub_next_to_uploads_takes_nothing_in_flight_for_an_orphan(
     async def uploader(batch: list[bytes]) -> None:
         for data in batch:
             async with http.put(
-                f"{module_server.url}/v1/blobs/{digest_of(data)}",
+                f"{module_http_server.url}/v1/blobs/{digest_of(data)}",
                 data=data,
-                headers=module_server.admin_headers,
+                headers=module_http_server.admin_headers,
             ) as response:
                 assert response.status == 201, "new content, recorded by its upload alone"
 
@@ -200,15 +201,15 @@ async def test_scrub_next_to_uploads_takes_nothing_in_flight_for_an_orphan(
     assert reports, "at least one scrub ran during the uploads"
     for report in reports:
         assert (report.adopted, report.corrupt, report.missing) == (0, 0, 0), report
-    rows = await blob_rows(module_server)
+    rows = await blob_rows(module_http_server)
     for data in contents:
         assert rows[digest_of(data)] == "ok"
-        url = f"{module_server.url}/v1/blobs/{digest_of(data)}"
+        url = f"{module_http_server.url}/v1/blobs/{digest_of(data)}"
         assert await full_get(http, url) == (200, data)
 
 
 async def test_max_rate_paces_the_reading(
-    scrub_server: CasdServer, http: aiohttp.ClientSession
+    scrub_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     for _ in range(3):
         await stored_blob(http, scrub_server, MiB)
@@ -218,9 +219,9 @@ async def test_max_rate_paces_the_reading(
 
 
 async def test_periodic_scrub_one_process_at_a_time(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory("--workers", "2", env={"CASD_SCRUB_INTERVAL": "1s"})
+    server = http_server_factory("--workers", "2", env={"CASD_SCRUB_INTERVAL": "1s"})
     data = await stored_blob(http, server, 200_000)
     flip_byte(blob_path(server.data_dir, digest_of(data)), 1234)
 
