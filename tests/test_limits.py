@@ -10,7 +10,7 @@ import time
 import aiohttp
 import psutil
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory, ServerFactory
 from tests.helpers import digest_of, put_blob
 from tests.test_hostile import RawAnswer
 from tests.upload_helpers import create_upload, offset_of, patch, slow_chunks
@@ -21,7 +21,7 @@ TIMEOUTS = {"CASD_BODY_TIMEOUT": "1s", "CASD_MAX_UPLOADS_PER_TOKEN": "4"}
 class StalledRequest:
     """A request whose client sends its head and part of its body, then nothing."""
 
-    def __init__(self, server: CasdServer) -> None:
+    def __init__(self, server: AnyServer) -> None:
         self.server = server
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -54,14 +54,14 @@ class StalledRequest:
             self.writer.transport.abort()
 
 
-def staging_files(server: CasdServer) -> list[str]:
+def staging_files(server: AnyServer) -> list[str]:
     return [path.name for path in (server.data_dir / "staging").iterdir()]
 
 
 async def test_stalled_bodies_end_with_408_and_release_their_staging(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory(env=TIMEOUTS)
+    server = http_server_factory(env=TIMEOUTS)
     token = server.admin_token
     data = os.urandom(2_000_000)
     stalled = [
@@ -93,9 +93,9 @@ async def test_stalled_bodies_end_with_408_and_release_their_staging(
 
 
 async def test_a_stalled_patch_keeps_its_bytes_and_stays_resumable(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory(env=TIMEOUTS)
+    server = http_server_factory(env=TIMEOUTS)
     token = server.admin_token
     data = os.urandom(3_000_000)
     url = await create_upload(http, server, token, data=data[:1000])
@@ -118,9 +118,9 @@ async def test_a_stalled_patch_keeps_its_bytes_and_stays_resumable(
 
 
 async def test_slow_but_steady_bodies_are_not_cut(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory(env=TIMEOUTS)
+    server = http_server_factory(env=TIMEOUTS)
     data = os.urandom(40)
     async with http.put(
         f"{server.url}/v1/blobs/{digest_of(data)}",

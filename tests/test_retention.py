@@ -9,14 +9,16 @@ import signal
 from typing import Any
 
 import aiohttp
+import pytest
 
 from casd.database import Database
 from casd.maintenance import RETENTION_LOCK, maintenance_lock, retention_if_free
 from casd.names import NameService
 from casd.policies import Policy
 from casd.retention import delete_if_unchanged as retention_delete
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory, ServerFactory
 from tests.helpers import blob_path, digest_of
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import db_execute, run_json
 from tests.name_helpers import create_only, history, if_match
 from tests.policy_helpers import call, mint, name_exists, set_policy
@@ -25,7 +27,7 @@ from tests.test_tokens_http import cli
 
 async def put(
     http: aiohttp.ClientSession,
-    server: CasdServer,
+    server: AnyServer,
     token: str,
     name: str,
     data: bytes,
@@ -42,12 +44,12 @@ async def put(
     )
 
 
-async def upload(http: aiohttp.ClientSession, server: CasdServer, token: str, data: bytes) -> int:
+async def upload(http: aiohttp.ClientSession, server: AnyServer, token: str, data: bytes) -> int:
     status, _ = await call(http, server, "PUT", f"/v1/blobs/{digest_of(data)}", token, data=data)
     return status
 
 
-async def wait_until_gone(http: aiohttp.ClientSession, server: CasdServer, name: str) -> None:
+async def wait_until_gone(http: aiohttp.ClientSession, server: AnyServer, name: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while await name_exists(http, server, name):
@@ -56,9 +58,9 @@ async def wait_until_gone(http: aiohttp.ClientSession, server: CasdServer, name:
 
 
 async def test_a_scheduler_hands_a_job_a_token_and_retention_cleans_up_after_it(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory(env={"CASD_RETENTION_INTERVAL": "0.5s"})
+    server = http_server_factory(env={"CASD_RETENTION_INTERVAL": "0.5s"})
     admin = server.admin_token
     await set_policy(http, server, "investigate", delete_after=4, keep_versions=0)
     scheduler = await mint(
@@ -146,9 +148,9 @@ async def test_retention_on_two_nodes_one_killed(
 
 
 async def test_gc_applies_retention_and_its_exceptions(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     await set_policy(http, server, "ci", delete_after=60, keep_versions=0)
     await set_policy(http, server, "ci/keep", protected=True)
     await set_policy(http, server, "ci/long", delete_after=3600)  # the more specific rule wins
@@ -177,15 +179,15 @@ async def test_gc_applies_retention_and_its_exceptions(
 
 
 async def test_retention_leaves_a_name_that_changed_since_it_was_found(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     """Retention deletes a name only at the version it found: a writer in between wins."""
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     data = os.urandom(300)
     await upload(http, server, admin, data)
     assert (await put(http, server, admin, "race/x", data))[0] == 201
     assert (await put(http, server, admin, "race/x", data, if_match(1)))[0] == 200
-    db = await Database.connect(module_server.database_url or "", max_size=2)
+    db = await Database.connect(module_http_server.database_url or "", max_size=2)
     try:
         policy = Policy("race", delete_after=1)
         assert await retention_delete(NameService(db), "race/x", 1, policy) is False
@@ -196,8 +198,8 @@ async def test_retention_leaves_a_name_that_changed_since_it_was_found(
         await db.close()
 
 
-async def test_one_process_applies_retention_at_a_time(module_server: CasdServer) -> None:
-    db = await Database.connect(module_server.database_url or "", max_size=3)
+async def test_one_process_applies_retention_at_a_time(module_http_server: InProcessServer) -> None:
+    db = await Database.connect(module_http_server.database_url or "", max_size=3)
     try:
         async with maintenance_lock(db, RETENTION_LOCK) as held:
             assert held
@@ -207,10 +209,11 @@ async def test_one_process_applies_retention_at_a_time(module_server: CasdServer
         await db.close()
 
 
+@pytest.mark.e2e  # casd promote runs as a process
 async def test_promotion_copies_a_name_and_records_where_it_came_from(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     await set_policy(http, server, "shipped", protected=True)
     release = (await mint(http, server, admin, write_prefixes=["shipped", "staged"]))["token"]
     first, second = os.urandom(700), os.urandom(800)
@@ -282,10 +285,11 @@ async def test_promotion_copies_a_name_and_records_where_it_came_from(
     assert (status, problem["code"]) == (403, "protected-name")
 
 
+@pytest.mark.e2e  # the casd policy commands run as processes
 async def test_policy_commands_and_bad_policies(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     result = cli(
         server, "policy", "set", "vault", "--immutable", "--quota", "1MiB", "--json", token=admin
     )

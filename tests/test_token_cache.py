@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ServerFactory
+from tests.conftest import HttpServerFactory
 from tests.helpers import digest_of
 from tests.name_helpers import bearer, new_token
 
@@ -30,9 +30,9 @@ async def upload_statuses(http: aiohttp.ClientSession, url: str, secret: str) ->
 
 
 async def test_revoked_token_is_refused_at_once_by_every_worker(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory("--workers", "2")
+    server = http_server_factory("--workers", "2")
     secret = await new_token(server, "cache")
     assert set(await upload_statuses(http, server.url, secret)) <= {200, 201}
     listing: list[dict[str, Any]] = json.loads(server.run_cli("token", "list", "--json").stdout)

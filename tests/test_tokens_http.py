@@ -11,17 +11,19 @@ import sys
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
 from tests.helpers import digest_of
+from tests.inprocess import InProcessServer
 from tests.name_helpers import create_only
 from tests.policy_helpers import call, mint, own_token
 
 
 async def test_minting_stays_within_the_minter(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server, admin = module_server, module_server.admin_token
+    server, admin = module_http_server, module_http_server.admin_token
     scheduler = await mint(
         http,
         server,
@@ -106,7 +108,7 @@ async def test_minting_stays_within_the_minter(
     assert [entry["id"] for entry in mine["tokens"]] == [job["id"]]
 
 
-async def refused_after(http: aiohttp.ClientSession, node: CasdServer, secret: str) -> float:
+async def refused_after(http: aiohttp.ClientSession, node: AnyServer, secret: str) -> float:
     """Seconds until ``node`` refuses the (revoked) token with 401 (0: at the first request)."""
     loop = asyncio.get_running_loop()
     started, attempts = loop.time(), 0
@@ -121,10 +123,10 @@ async def refused_after(http: aiohttp.ClientSession, node: CasdServer, secret: s
 
 
 async def test_revocation_is_at_once_on_every_node_and_takes_what_was_minted(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    first = casd_server_factory()
-    second = casd_server_factory(database_url=first.database_url, data_dir=first.data_dir)
+    first = http_server_factory()
+    second = http_server_factory(database_url=first.database_url, data_dir=first.data_dir)
     admin = first.admin_token
     data = os.urandom(100)
     await call(http, first, "PUT", f"/v1/blobs/{digest_of(data)}", admin, data=data)
@@ -168,9 +170,9 @@ async def test_revocation_is_at_once_on_every_node_and_takes_what_was_minted(
 
 
 async def test_an_expired_token_gets_401_saying_it_expired(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     token = (await mint(http, server, server.admin_token, write_prefixes=["exp"], expires_in=1.5))[
         "token"
     ]
@@ -199,7 +201,7 @@ async def test_an_expired_token_gets_401_saying_it_expired(
     assert (status, body["code"]) == (401, "unauthorized") and "expired" in body["detail"]
 
 
-def cli(server: CasdServer, *args: str, token: str) -> subprocess.CompletedProcess[str]:
+def cli(server: AnyServer, *args: str, token: str) -> subprocess.CompletedProcess[str]:
     """``casd ARGS`` over HTTP, CASD_URL and CASD_TOKEN set as a user's shell would have them."""
     env = {**os.environ, "CASD_URL": server.url, "CASD_TOKEN": token}
     return subprocess.run(
@@ -212,10 +214,11 @@ def cli(server: CasdServer, *args: str, token: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.e2e  # the casd token commands run as processes
 async def test_token_commands_over_http(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = module_server
+    server = module_http_server
     made = cli(
         server,
         "token",
