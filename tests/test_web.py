@@ -11,10 +11,14 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from tests.browser import cell_texts, launch, screenshot
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
 from tests.helpers import blob_path
+from tests.inprocess import InProcessServer
 from tests.integrity_helpers import flip_byte, run_json
 from tests.name_helpers import bearer, create_only, if_match, put_name, upload
+
+# A real browser (chromium, as a person would use it) against an in-process server.
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def flipped_name(
-    http: aiohttp.ClientSession, server: CasdServer, name: str
+    http: aiohttp.ClientSession, server: AnyServer, name: str
 ) -> tuple[str, str]:
     """``name`` created at one blob with build 1, then flipped to another with build 2."""
     token = server.admin_token
@@ -47,13 +51,13 @@ async def flipped_name(
 
 
 async def test_a_names_history_two_clicks_from_the_front_page(
-    server: CasdServer, http: aiohttp.ClientSession, page: Page
+    http_server: InProcessServer, http: aiohttp.ClientSession, page: Page
 ) -> None:
-    first, second = await flipped_name(http, server, "prod/disk.qcow2")
-    await flipped_name(http, server, "prod/images/kernel")
-    await upload(http, server, server.admin_token, b"readme")
+    first, second = await flipped_name(http, http_server, "prod/disk.qcow2")
+    await flipped_name(http, http_server, "prod/images/kernel")
+    await upload(http, http_server, http_server.admin_token, b"readme")
 
-    await page.goto(server.url + "/")
+    await page.goto(http_server.url + "/")
     await expect(page.locator("table.names")).to_contain_text("prod/")
     await screenshot(page, "browse")
     await page.get_by_role("link", name="prod/", exact=True).first.click()
@@ -70,10 +74,10 @@ async def test_a_names_history_two_clicks_from_the_front_page(
     assert history[1][:3] == ["1", "create", short[first]]
     assert history[1][3] == '+ build: "1"'
     await expect(page.locator("pre").filter(has_text="/v1/blobs/")).to_contain_text(
-        f"curl -fo disk.qcow2 {server.url}/v1/blobs/{second}"
+        f"curl -fo disk.qcow2 {http_server.url}/v1/blobs/{second}"
     )
     await expect(page.locator("pre").filter(has_text="/content")).to_contain_text(
-        f"curl -fo disk.qcow2 {server.url}/v1/names/prod/disk.qcow2/content"
+        f"curl -fo disk.qcow2 {http_server.url}/v1/names/prod/disk.qcow2/content"
     )
     await expect(page.locator("pre").filter(has_text="casd get")).to_contain_text(
         "casd get prod/disk.qcow2 -o disk.qcow2"
@@ -94,14 +98,14 @@ def _read(path: Path) -> bytes:
 
 
 async def test_a_quarantined_blob_is_shown_unhealthy(
-    server: CasdServer, http: aiohttp.ClientSession, page: Page
+    http_server: InProcessServer, http: aiohttp.ClientSession, page: Page
 ) -> None:
-    _, second = await flipped_name(http, server, "rot/disk.qcow2")
-    flip_byte(blob_path(server.data_dir, second), 3)
-    report = await asyncio.to_thread(run_json, server, "scrub")
+    _, second = await flipped_name(http, http_server, "rot/disk.qcow2")
+    flip_byte(blob_path(http_server.data_dir, second), 3)
+    report = await asyncio.to_thread(run_json, http_server, "scrub")
     assert report["corrupt"] == 1
 
-    await page.goto(f"{server.url}/names/rot/disk.qcow2")
+    await page.goto(f"{http_server.url}/names/rot/disk.qcow2")
     await expect(page.locator("dl.record .badge")).to_have_text("unhealthy")
     await page.locator("dl.record a.mono").click()
 
@@ -114,22 +118,24 @@ async def test_a_quarantined_blob_is_shown_unhealthy(
     assert entries[0][:3] == ["rot/disk.qcow2", "2", "update"]
     await screenshot(page, "blob-quarantined")
 
-    await page.goto(f"{server.url}/?prefix=rot/")
+    await page.goto(f"{http_server.url}/?prefix=rot/")
     row = page.locator("table.names tbody tr").filter(has_text="disk.qcow2")
     await expect(row.locator(".badge")).to_have_text("unhealthy")
 
 
 async def test_operations_show_the_store_uploads_and_the_last_scrub(
-    server: CasdServer, http: aiohttp.ClientSession, page: Page
+    http_server: InProcessServer, http: aiohttp.ClientSession, page: Page
 ) -> None:
-    _, second = await flipped_name(http, server, "ops/disk.qcow2")
-    flip_byte(blob_path(server.data_dir, second), 0)
-    await asyncio.to_thread(run_json, server, "scrub")
-    headers = {**bearer(server.admin_token), "Upload-Length": "1000"}
-    async with http.post(f"{server.url}/v1/uploads", data=b"x" * 250, headers=headers) as answer:
+    _, second = await flipped_name(http, http_server, "ops/disk.qcow2")
+    flip_byte(blob_path(http_server.data_dir, second), 0)
+    await asyncio.to_thread(run_json, http_server, "scrub")
+    headers = {**bearer(http_server.admin_token), "Upload-Length": "1000"}
+    async with http.post(
+        f"{http_server.url}/v1/uploads", data=b"x" * 250, headers=headers
+    ) as answer:
         assert answer.status == 201
 
-    await page.goto(f"{server.url}/ops")
+    await page.goto(f"{http_server.url}/ops")
     cards = page.locator(".card")
     await expect(cards.filter(has_text="quarantined")).to_contain_text("1")
     await expect(cards.filter(has_text="stored blobs")).to_contain_text("1")
@@ -144,17 +150,17 @@ async def test_operations_show_the_store_uploads_and_the_last_scrub(
 
 
 async def test_folders_are_paginated_and_searchable(
-    server: CasdServer, http: aiohttp.ClientSession, page: Page
+    http_server: InProcessServer, http: aiohttp.ClientSession, page: Page
 ) -> None:
-    token = server.admin_token
-    digest = await upload(http, server, token, b"shared bytes")
+    token = http_server.admin_token
+    digest = await upload(http, http_server, token, b"shared bytes")
     body = {"digest": digest}
     names = [f"many/n-{index:03d}" for index in range(125)] + ["many/sub/a", "many/sub/b"]
     await asyncio.gather(
-        *(put_name(http, server, token, name, body, create_only()) for name in names)
+        *(put_name(http, http_server, token, name, body, create_only()) for name in names)
     )
 
-    await page.goto(f"{server.url}/?prefix=many/")
+    await page.goto(f"{http_server.url}/?prefix=many/")
     first_page = await cell_texts(page, "table.names")
     assert len(first_page) == 100
     assert first_page[0][0] == "n-000" and first_page[-1][0] == "n-099"
@@ -173,9 +179,9 @@ async def test_folders_are_paginated_and_searchable(
 
 
 async def test_a_private_server_asks_for_a_token_kept_in_a_cookie(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession, browser: Browser
+    http_server_factory: HttpServerFactory, http: aiohttp.ClientSession, browser: Browser
 ) -> None:
-    server = casd_server_factory("--private")
+    server = http_server_factory("--private")
     await flipped_name(http, server, "secret/disk.qcow2")
     context = await browser.new_context()
     page = await context.new_page()
@@ -204,7 +210,7 @@ async def test_a_private_server_asks_for_a_token_kept_in_a_cookie(
         await context.close()
 
 
-async def _check_cookie(context: BrowserContext, server: CasdServer) -> None:
+async def _check_cookie(context: BrowserContext, server: AnyServer) -> None:
     cookies = await context.cookies(server.url)
     assert [cookie["name"] for cookie in cookies] == ["casd_token"]
     cookie = cookies[0]
@@ -215,21 +221,21 @@ async def _check_cookie(context: BrowserContext, server: CasdServer) -> None:
 
 
 async def test_rolling_back_from_the_page_is_a_compare_and_swap(
-    server: CasdServer, http: aiohttp.ClientSession, browser: Browser
+    http_server: InProcessServer, http: aiohttp.ClientSession, browser: Browser
 ) -> None:
-    first, second = await flipped_name(http, server, "roll/disk.qcow2")
+    first, second = await flipped_name(http, http_server, "roll/disk.qcow2")
     context = await browser.new_context()
     page = await context.new_page()
     try:
-        await page.goto(f"{server.url}/names/roll/disk.qcow2")
+        await page.goto(f"{http_server.url}/names/roll/disk.qcow2")
         await expect(page.get_by_role("button", name="Restore v1")).to_have_count(0)
         await page.get_by_role("link", name="sign in to restore").click()
-        await page.get_by_label("Token").fill(server.admin_token)
+        await page.get_by_label("Token").fill(http_server.admin_token)
         await page.get_by_role("button", name="Sign in").click()
         await expect(page.locator("h1")).to_have_text("roll/disk.qcow2")
 
         stale = await context.new_page()
-        await stale.goto(f"{server.url}/names/roll/disk.qcow2")
+        await stale.goto(f"{http_server.url}/names/roll/disk.qcow2")
         await page.get_by_role("button", name="Restore v1").click()
         await expect(page.locator(".notice.good")).to_contain_text("Rolled back")
         history = await cell_texts(page, "table.history")
@@ -237,7 +243,7 @@ async def test_rolling_back_from_the_page_is_a_compare_and_swap(
         assert history[0][:3] == ["3", "update", f"{short[second]} → {short[first]}"]
         assert history[0][3] == '- branch: "main" ~ build: "2" → "1"'
         assert history[0][4] == "token:1 (admin)"
-        async with http.get(f"{server.url}/v1/names/roll/disk.qcow2") as answer:
+        async with http.get(f"{http_server.url}/v1/names/roll/disk.qcow2") as answer:
             record = await answer.json()
         assert (record["version"], record["digest"], record["metadata"]) == (
             3,
@@ -250,16 +256,16 @@ async def test_rolling_back_from_the_page_is_a_compare_and_swap(
         await stale.get_by_role("button", name="Restore v1").click()
         await expect(stale.locator("h1")).to_have_text("412 Precondition failed")
         await expect(stale.locator(".notice.bad")).to_contain_text("at version 3")
-        async with http.get(f"{server.url}/v1/names/roll/disk.qcow2") as answer:
+        async with http.get(f"{http_server.url}/v1/names/roll/disk.qcow2") as answer:
             assert (await answer.json())["version"] == 3
     finally:
         await context.close()
 
 
 async def test_the_api_reference_is_rendered_from_the_description(
-    module_server: CasdServer, page: Page
+    module_http_server: InProcessServer, page: Page
 ) -> None:
-    await page.goto(f"{module_server.url}/")
+    await page.goto(f"{module_http_server.url}/")
     await page.get_by_role("link", name="API", exact=True).click()
     await expect(page.locator("h1")).to_have_text("casd API v1")
     put_name_section = page.locator("section#putName")

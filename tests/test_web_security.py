@@ -9,7 +9,8 @@ from http.cookies import SimpleCookie
 import aiohttp
 import pytest
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, HttpServerFactory
+from tests.inprocess import InProcessServer
 from tests.name_helpers import create_only, if_match, put_name, upload
 
 
@@ -21,7 +22,7 @@ async def cookie_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def two_versions(http: aiohttp.ClientSession, server: CasdServer, name: str) -> str:
+async def two_versions(http: aiohttp.ClientSession, server: AnyServer, name: str) -> str:
     token = server.admin_token
     first = await upload(http, server, token, b"one")
     second = await upload(http, server, token, b"two")
@@ -30,7 +31,7 @@ async def two_versions(http: aiohttp.ClientSession, server: CasdServer, name: st
     return first
 
 
-async def sign_in(session: aiohttp.ClientSession, server: CasdServer) -> str:
+async def sign_in(session: aiohttp.ClientSession, server: AnyServer) -> str:
     """Sign in as the admin; return the form token of the name page."""
     form = {"token": server.admin_token, "next": "/ops"}
     async with session.post(
@@ -56,16 +57,18 @@ def rollback_form(csrf: str) -> dict[str, str]:
     return {"csrf": csrf, "name": "web/disk.qcow2", "version": "1", "expected": "2"}
 
 
-async def version_of(http: aiohttp.ClientSession, server: CasdServer) -> int:
+async def version_of(http: aiohttp.ClientSession, server: AnyServer) -> int:
     async with http.get(f"{server.url}/v1/names/web/disk.qcow2") as answer:
         version: int = (await answer.json())["version"]
         return version
 
 
 async def test_page_writes_need_the_form_token_and_this_origin(
-    module_server: CasdServer, http: aiohttp.ClientSession, cookie_session: aiohttp.ClientSession
+    module_http_server: InProcessServer,
+    http: aiohttp.ClientSession,
+    cookie_session: aiohttp.ClientSession,
 ) -> None:
-    server = module_server
+    server = module_http_server
     await two_versions(http, server, "web/disk.qcow2")
     csrf = await sign_in(cookie_session, server)
     url = f"{server.url}/rollback"
@@ -93,20 +96,20 @@ async def test_page_writes_need_the_form_token_and_this_origin(
 
 
 async def test_a_rollback_without_a_signed_in_browser_is_refused(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    await two_versions(http, module_server, "web/anonymous")
+    await two_versions(http, module_http_server, "web/anonymous")
     form = {"csrf": "", "name": "web/anonymous", "version": "1", "expected": "2"}
-    async with http.post(f"{module_server.url}/rollback", data=form) as answer:
+    async with http.post(f"{module_http_server.url}/rollback", data=form) as answer:
         assert answer.status == 401
 
 
 async def test_sign_in_from_another_site_is_refused(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    form = {"token": module_server.admin_token, "next": "/"}
+    form = {"token": module_http_server.admin_token, "next": "/"}
     async with http.post(
-        f"{module_server.url}/login",
+        f"{module_http_server.url}/login",
         data=form,
         headers={"Origin": "http://evil.example"},
         allow_redirects=False,
@@ -116,23 +119,23 @@ async def test_sign_in_from_another_site_is_refused(
 
 
 async def test_sign_in_goes_back_only_to_this_server(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     for target in ["//evil.example/", "http://evil.example/", "/\\evil.example"]:
-        form = {"token": module_server.admin_token, "next": target}
+        form = {"token": module_http_server.admin_token, "next": target}
         async with http.post(
-            f"{module_server.url}/login", data=form, allow_redirects=False
+            f"{module_http_server.url}/login", data=form, allow_redirects=False
         ) as answer:
             assert answer.status == 303
             assert answer.headers["Location"] == "/"
 
 
 async def test_pages_of_a_private_server_need_the_cookie(
-    casd_server_factory: ServerFactory,
+    http_server_factory: HttpServerFactory,
     http: aiohttp.ClientSession,
     cookie_session: aiohttp.ClientSession,
 ) -> None:
-    server = casd_server_factory("--private")
+    server = http_server_factory("--private")
     first = await two_versions(http, server, "web/disk.qcow2")
     pages = ["/", "/?prefix=web/", "/names/web/disk.qcow2", f"/blobs/{first}", "/ops"]
     for path in [*pages, f"/download/{first}"]:
@@ -155,9 +158,9 @@ async def test_pages_of_a_private_server_need_the_cookie(
 
 
 async def test_pages_say_what_they_load_and_that_they_run_no_script(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{module_server.url}/") as answer:
+    async with http.get(f"{module_http_server.url}/") as answer:
         policy = answer.headers["Content-Security-Policy"]
         html = await answer.text()
     assert "default-src 'none'" in policy and "script-src" not in policy
@@ -166,7 +169,7 @@ async def test_pages_say_what_they_load_and_that_they_run_no_script(
 
 
 async def test_bad_input_to_pages_is_a_clear_page_not_a_server_error(
-    module_server: CasdServer, http: aiohttp.ClientSession
+    module_http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     cases = {
         "/?prefix=a%20b": 400,
@@ -179,18 +182,18 @@ async def test_bad_input_to_pages_is_a_clear_page_not_a_server_error(
         f"/blobs/blake3:{'0' * 64}": 404,
     }
     for path, status in cases.items():
-        async with http.get(f"{module_server.url}{path}") as answer:
+        async with http.get(f"{module_http_server.url}{path}") as answer:
             assert answer.status == status, path
             assert "text/html" in answer.headers["Content-Type"]
             assert f"<h1>{status} " in await answer.text()
 
 
 async def test_a_read_scoped_token_sees_only_its_names(
-    casd_server_factory: ServerFactory,
+    http_server_factory: HttpServerFactory,
     http: aiohttp.ClientSession,
     cookie_session: aiohttp.ClientSession,
 ) -> None:
-    server = casd_server_factory("--private")
+    server = http_server_factory("--private")
     token = server.admin_token
     shared = await upload(http, server, token, b"shared")
     for name in ["team-a/disk.qcow2", "team-b/disk.qcow2"]:
