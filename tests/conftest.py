@@ -38,7 +38,7 @@ import pytest
 
 from casd.config import metrics_dir_of
 from casd.embedded import EmbeddedPostgres
-from tests.inprocess import InProcessServer, run_coroutine_in_thread
+from tests.inprocess import InProcessServer, run_casd_cli, run_coroutine_in_thread
 from tests.inprocess import free_port as free_port  # tests import it from here
 from tests.seaweed import S3Area, SeaweedFS, new_area
 
@@ -262,9 +262,15 @@ class CasdServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def run_cli(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, process: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """Run an administrative casd command against this server's data and database."""
+        """Run an administrative casd command against this server's data and database: in the
+        test process (the command's own code, without the second or so a process costs; see
+        ``run_casd_cli``) unless ``process`` says otherwise or the database is the embedded
+        one, which a command joins and leaves as a process of its own."""
+        if self.database_url and not process:
+            database = ["--data-dir", str(self.data_dir), "--database-url", self.database_url]
+            return run_casd_cli([*args, *database], env)
         return subprocess.run(
             self.command(*args),
             capture_output=True,

@@ -17,8 +17,9 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.conftest import CasdServer, ServerFactory
+from tests.conftest import AnyServer, CasdServer, ServerFactory
 from tests.helpers import blob_path, digest_of
+from tests.inprocess import InProcessServer
 from tests.traffic import SOAK, Traffic, check_no_partial_blob, check_nothing_lost
 from tests.upload_helpers import (
     MiB,
@@ -54,7 +55,7 @@ async def crashed(server: CasdServer, *, whole_server: bool = True) -> None:
         await asyncio.to_thread(server.wait_ready, 30)
 
 
-async def row_count(server: CasdServer, digest: str) -> int:
+async def row_count(server: AnyServer, digest: str) -> int:
     connection = await server.connect_db()
     try:
         count: int = await connection.fetchval(
@@ -65,7 +66,7 @@ async def row_count(server: CasdServer, digest: str) -> int:
         await connection.close()
 
 
-async def blob_answer(http: aiohttp.ClientSession, server: CasdServer, digest: str) -> int:
+async def blob_answer(http: aiohttp.ClientSession, server: AnyServer, digest: str) -> int:
     async with http.head(f"{server.url}/v1/blobs/{digest}") as response:
         return response.status
 
@@ -159,39 +160,39 @@ async def test_put_killed_after_its_rename_is_adopted_at_start(
 
 
 async def test_next_upload_adopts_a_file_without_a_row(
-    server: CasdServer, http: aiohttp.ClientSession
+    http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     data = os.urandom(300_000)
     digest = digest_of(data)
-    path = blob_path(server.data_dir, digest)
+    path = blob_path(http_server.data_dir, digest)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)  # what a crash of a publisher leaves behind without the journal
     # With Expect: 100-continue the body is not even needed: the file is adopted.
     async with http.put(
-        f"{server.url}/v1/blobs/{digest}",
+        f"{http_server.url}/v1/blobs/{digest}",
         data=b"",
-        headers=server.admin_headers | {"Expect": "100-continue", "Content-Length": "0"},
+        headers=http_server.admin_headers | {"Expect": "100-continue", "Content-Length": "0"},
         expect100=True,
     ) as response:
         assert response.status == 200, await response.text()
         assert await response.json() == {"digest": digest, "size": len(data)}
-    assert await row_count(server, digest) == 1
+    assert await row_count(http_server, digest) == 1
     # A file that does not hash to its name is not adopted: the upload sends the bytes.
     other = os.urandom(1000)
-    wrong = blob_path(server.data_dir, digest_of(other))
+    wrong = blob_path(http_server.data_dir, digest_of(other))
     wrong.parent.mkdir(parents=True, exist_ok=True)
     wrong.write_bytes(b"rot")
     async with http.put(
-        f"{server.url}/v1/blobs/{digest_of(other)}",
+        f"{http_server.url}/v1/blobs/{digest_of(other)}",
         data=other,
-        headers=server.admin_headers,
+        headers=http_server.admin_headers,
         expect100=True,
     ) as response:
         assert response.status == 201
     assert wrong.read_bytes() == other
-    async with http.get(f"{server.url}/v1/blobs/{digest}") as response:
+    async with http.get(f"{http_server.url}/v1/blobs/{digest}") as response:
         assert await response.read() == data
-    async with http.head(f"{server.url}/v1/blobs/{digest_of(b'nothing')}") as response:
+    async with http.head(f"{http_server.url}/v1/blobs/{digest_of(b'nothing')}") as response:
         assert response.status == 404
 
 
@@ -205,7 +206,7 @@ def kill_server(server: CasdServer) -> None:
     server.process.wait(30)
 
 
-async def rows_by_status(server: CasdServer) -> dict[str, str]:
+async def rows_by_status(server: AnyServer) -> dict[str, str]:
     connection = await server.connect_db()
     try:
         rows = await connection.fetch("SELECT digest, status FROM blobs")

@@ -21,6 +21,7 @@ from casd.embedded import SOCKET_FALLBACK, EmbeddedPostgres
 from casd.sqlfiles import migrations
 from tests.conftest import CasdServer, ServerFactory, create_database
 from tests.helpers import blob_path, digest_of, put_blob
+from tests.inprocess import InProcessServer
 
 
 def postgres_processes(data_dir: Path) -> list[psutil.Process]:
@@ -119,9 +120,9 @@ async def test_two_workers_share_port_and_database(
 
 
 async def test_stale_staging_files_are_removed_on_start(
-    casd_server_factory: ServerFactory, http: aiohttp.ClientSession
+    http_server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    server = casd_server_factory()
+    server = http_server
     stale = server.data_dir / "staging" / "left-by-a-crash.part"
     stale.write_bytes(b"half an upload")
     server.restart()
