@@ -16,6 +16,7 @@ outside ``e2e`` that starts a casd process fails, so ``make test-fast`` (everyth
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -36,7 +37,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from casd.config import metrics_dir_of
+from casd.config import Settings, metrics_dir_of
+from casd.core import Core, open_core
 from casd.embedded import EmbeddedPostgres
 from tests.inprocess import InProcessServer, run_casd_cli, run_coroutine_in_thread
 from tests.inprocess import free_port as free_port  # tests import it from here
@@ -353,6 +355,15 @@ def s3_area(seaweedfs: SeaweedFS) -> S3Area:
     """A fresh key prefix of the session's SeaweedFS: ``s3_area.url`` for --blob-store,
     ``s3_area.env()`` for a casd process, ``s3_area.client()`` for raw S3 requests."""
     return new_area(seaweedfs)
+
+
+@pytest.fixture
+async def service(tmp_path: Path, postgres_url: str) -> AsyncIterator[Core]:
+    """The services without HTTP: a core (casd.core) on a fresh migrated database of the
+    session's PostgreSQL and a data directory in ``tmp_path``, in the test's event loop."""
+    url = await asyncio.to_thread(create_database, postgres_url, migrated=True)
+    async with open_core(Settings(data_dir=tmp_path / "data"), url, pool_size=4) as core:
+        yield core
 
 
 HttpServerFactory = Callable[..., InProcessServer]

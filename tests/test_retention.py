@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from casd.core import Core
 from casd.database import Database
 from casd.maintenance import RETENTION_LOCK, maintenance_lock, retention_if_free
 from casd.names import NameService
@@ -198,15 +199,11 @@ async def test_retention_leaves_a_name_that_changed_since_it_was_found(
         await db.close()
 
 
-async def test_one_process_applies_retention_at_a_time(module_http_server: InProcessServer) -> None:
-    db = await Database.connect(module_http_server.database_url or "", max_size=3)
-    try:
-        async with maintenance_lock(db, RETENTION_LOCK) as held:
-            assert held
-            assert await retention_if_free(db) is False, "another process holds the lock"
-        assert await retention_if_free(db) is True
-    finally:
-        await db.close()
+async def test_one_process_applies_retention_at_a_time(service: Core) -> None:
+    async with maintenance_lock(service.db, RETENTION_LOCK) as held:
+        assert held
+        assert await retention_if_free(service.db) is False, "another process holds the lock"
+    assert await retention_if_free(service.db) is True
 
 
 @pytest.mark.e2e  # casd promote runs as a process
