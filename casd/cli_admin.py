@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import click
 
+from casd import wire
 from casd.cli_common import byte_size
 from casd.config import parse_duration
 
@@ -87,8 +88,15 @@ def create_token(url: str | None, token: str | None, spec: TokenSpec) -> dict[st
 
 def list_tokens(url: str | None, token: str | None) -> list[dict[str, Any]]:
     body = call(url, token, lambda client: request(client, "GET", "/v1/tokens"))
-    tokens: list[dict[str, Any]] = body["tokens"]
-    return tokens
+    return [as_shape(wire.TokenInfo, record) for record in body["tokens"]]
+
+
+def as_shape(shape: type[wire.Shape], record: Any) -> dict[str, Any]:
+    """A record of the server as its wire shape has it: members an older server lacks take
+    their defaults, those a newer one adds are left out."""
+    from casd.client.records import parsed
+
+    return parsed(shape, record).to_json()
 
 
 def revoke_token(url: str | None, token: str | None, token_id: int) -> list[int]:
@@ -159,9 +167,10 @@ def policy_line(record: dict[str, Any]) -> str:
 def policy_list(url: str | None, token: str | None, as_json: bool) -> None:
     """List every policy with the bytes its names reference."""
     body = call(url, token, lambda client: request(client, "GET", "/v1/policies"))
+    policies = [as_shape(wire.PolicyRecord, record) for record in body["policies"]]
     if as_json:
-        click.echo(json.dumps(body["policies"], indent=2))
-    for record in [] if as_json else body["policies"]:
+        click.echo(json.dumps(policies, indent=2))
+    for record in [] if as_json else policies:
         click.echo(policy_line(record))
 
 
@@ -193,7 +202,7 @@ def policy_set(
         body = changed_policy(current, given)
         return await request(client, "PUT", policy_path(prefix), (200, 201), json=body)
 
-    record = call(url, token, work)
+    record = as_shape(wire.PolicyRecord, call(url, token, work))
     click.echo(json.dumps(record, indent=2) if as_json else policy_line(record))
 
 
@@ -269,7 +278,7 @@ def promote(
         path = "/v1/names/" + quote(target, safe="/")
         return await request(client, "PUT", path, (200, 201), json=body, headers=condition)
 
-    record = call(url, token, work)
+    record = as_shape(wire.NameRecord, call(url, token, work))
     line = f"{record['name']} version {record['version']}: {record['digest']} (from {source})"
     click.echo(json.dumps(record, indent=2) if as_json else line)
 

@@ -150,3 +150,14 @@ def test_variants_of_a_code_keep_their_own_status() -> None:
     unsatisfiable = errors.RangeNotSatisfiable
     assert (unsatisfiable.status, unsatisfiable.code) == (416, "invalid-request")
     assert (errors.RouteNotFound.status, errors.RouteNotFound.code) == (404, "invalid-request")
+
+
+def test_admin_commands_read_records_of_older_and_newer_servers() -> None:
+    from casd.cli_admin import as_shape, policy_line, token_line, token_row
+
+    older_token = {"id": 3, "label": "ci", "write_prefixes": ["builds"], "future": True}
+    row = token_row(as_shape(wire.TokenInfo, older_token))
+    assert (row["read"], row["rights"], row["quota_bytes"]) == (None, [], None)
+    assert token_line(row) == "3\tactive\tci\twrite: 'builds'"
+    older_policy = {"prefix": "prod", "protected": True, "future": {"x": 1}}
+    assert policy_line(as_shape(wire.PolicyRecord, older_policy)) == "prod\tprotected"
