@@ -21,7 +21,7 @@ from casd.http.blobs import body_chunks, serve_blob
 from casd.http.conditions import none_match, write_precondition
 from casd.http.context import core_of, read_scope, request_token, require_reader
 from casd.names import DEFAULT_PAGE, NameRecord, NameService, Precondition, validate_name
-from casd.wire import DIGEST_FORMAT, version_etag
+from casd.wire import CASD_DIGEST, CASD_NAME_VERSION, DIGEST_FORMAT, version_etag
 
 # A name's body is a digest and a little metadata; nothing legitimate comes near this.
 MAX_BODY = 256 * 1024
@@ -74,8 +74,8 @@ async def get_name_content(request: web.Request) -> web.StreamResponse:
     record = await names_of(request).get(name)
     headers = {
         "Content-Location": f"/v1/blobs/{record.digest}",
-        "Casd-Digest": record.digest,
-        "Casd-Name-Version": str(record.version),
+        CASD_DIGEST: record.digest,
+        CASD_NAME_VERSION: str(record.version),
         # The name may move on: caches revalidate, and the digest ETag makes that cheap.
         "Cache-Control": "no-cache",
     }

@@ -22,6 +22,7 @@ from casd.http.blobs import (
 )
 from casd.http.context import CORE, core_of, request_token
 from casd.uploads import Append, RequestBody, UploadStatus
+from casd.wire import CASD_DIGEST, FALSE, TRUE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET
 
 
 def setup_routes(app: web.Application) -> None:
@@ -63,18 +64,18 @@ def header_int(request: web.Request, name: str) -> int | None:
 
 def upload_complete(request: web.Request) -> bool:
     """``Upload-Complete`` is a structured-field boolean; absent means more is to come."""
-    raw = request.headers.get("Upload-Complete", "?0").strip()
-    if raw not in ("?0", "?1"):
-        raise InvalidRequest(f"Upload-Complete must be ?0 or ?1, not {raw[:40]!r}")
-    return raw == "?1"
+    raw = request.headers.get(UPLOAD_COMPLETE, FALSE).strip()
+    if raw not in (FALSE, TRUE):
+        raise InvalidRequest(f"{UPLOAD_COMPLETE} must be {FALSE} or {TRUE}, not {raw[:40]!r}")
+    return raw == TRUE
 
 
 async def append_request(request: web.Request, token: Token, *, offset: int) -> Append:
-    digest = request.headers.get("Casd-Digest")
+    digest = request.headers.get(CASD_DIGEST)
     return Append(
         offset=offset,
         complete=upload_complete(request),
-        length=header_int(request, "Upload-Length"),
+        length=header_int(request, UPLOAD_LENGTH),
         digest=None if digest is None else parse_digest(digest.strip()),
         charge=await core_of(request).tokens.charge_for(token),
     )
@@ -89,12 +90,12 @@ def upload_id_of(request: web.Request) -> str:
 
 def status_headers(status: UploadStatus) -> dict[str, str]:
     headers = {
-        "Upload-Offset": str(status.offset),
-        "Upload-Complete": "?0" if status.completed is None else "?1",
+        UPLOAD_OFFSET: str(status.offset),
+        UPLOAD_COMPLETE: FALSE if status.completed is None else TRUE,
         "Cache-Control": "no-store",
     }
     if status.length is not None:
-        headers["Upload-Length"] = str(status.length)
+        headers[UPLOAD_LENGTH] = str(status.length)
     if status.completed is not None:
         headers["Location"] = f"/v1/blobs/{status.completed.digest}"
     return headers
@@ -139,7 +140,7 @@ async def head_upload(request: web.Request) -> web.StreamResponse:
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     upload_id = upload_id_of(request)
     token = await uploader(request)
-    offset = header_int(request, "Upload-Offset")
+    offset = header_int(request, UPLOAD_OFFSET)
     if offset is None:
         raise InvalidRequest("PATCH needs Upload-Offset")
     with core_of(request).upload_slots.hold(token.id):
