@@ -1,6 +1,6 @@
-"""PostgreSQL set-ups casd must refuse: a hot standby of the test cluster (made with
-``pg_basebackup -R`` from the embedded binaries) and PgBouncer in transaction mode in front of it
-(Debian's ``pgbouncer``; ``make test`` installs it as root)."""
+"""PostgreSQL set-ups for the database checks: a hot standby (made with ``pg_basebackup -R`` from
+the embedded binaries) and PgBouncer in front of the test cluster (Debian's ``pgbouncer``;
+``make test`` installs it as root)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def primary_and_standby(directory: Path) -> Iterator[tuple[str, str]]:
         yield primary.url, standby.url
 
 
-def transaction_pooler(server_url: str, directory: Path) -> Iterator[str]:
-    """PgBouncer in transaction mode in front of the embedded cluster of ``server_url``; yields
-    a URL template with ``{database}`` for the database name."""
+def pgbouncer(server_url: str, directory: Path, mode: str = "transaction") -> Iterator[str]:
+    """PgBouncer in ``mode`` (``pool_mode``) in front of the embedded cluster of ``server_url``;
+    yields a URL template with ``{database}`` for the database name."""
     embedded_or_skip()
     if not Path(PGBOUNCER).exists():
         pytest.skip("pgbouncer is not installed (make test installs it as root)")
@@ -69,7 +69,8 @@ def transaction_pooler(server_url: str, directory: Path) -> Iterator[str]:
         f"* = host={socket_dir_of(server_url)} user=postgres\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        "auth_type = any\npool_mode = transaction\ndefault_pool_size = 2\n"
+        "auth_type = any\n"
+        f"pool_mode = {mode}\ndefault_pool_size = 2\n"
         "ignore_startup_parameters = extra_float_digits\n"
     )
     config.chmod(0o644)

@@ -16,7 +16,7 @@ import pytest
 from casd.database import migrate
 from casd.database_checks import UnsuitableDatabase
 from tests.conftest import create_database, free_port, with_database_name
-from tests.pg_variants import primary_and_standby, transaction_pooler
+from tests.pg_variants import pgbouncer, primary_and_standby
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,17 @@ def standby_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pooled_url(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     database = urlsplit_path(create_database(postgres_url))
-    for template in transaction_pooler(postgres_url, tmp_path_factory.mktemp("pgbouncer")):
+    for template in pgbouncer(postgres_url, tmp_path_factory.mktemp("pgbouncer")):
+        yield template.format(database=database)
+
+
+@pytest.fixture(scope="module")
+def session_pooled_url(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    database = urlsplit_path(create_database(postgres_url))
+    directory = tmp_path_factory.mktemp("pgbouncer-session")
+    for template in pgbouncer(postgres_url, directory, mode="session"):
         yield template.format(database=database)
 
 
@@ -50,6 +60,11 @@ async def test_a_direct_primary_is_accepted(postgres_url: str) -> None:
     url = create_database(postgres_url)
     assert await migrate(url)
     assert await schema_exists(url)
+
+
+async def test_a_pooler_in_session_mode_is_accepted(session_pooled_url: str) -> None:
+    assert await migrate(session_pooled_url)
+    assert await schema_exists(session_pooled_url)
 
 
 async def test_a_standby_is_refused(standby_url: str) -> None:
