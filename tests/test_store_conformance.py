@@ -22,14 +22,23 @@ from tests.stores import STORE_KINDS, StoreKind
 MiB = 1024 * 1024
 
 
-@pytest.fixture(params=sorted(STORE_KINDS))
+# A store with a server of its own (SeaweedFS) is a real process: the service tier.
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=[pytest.mark.service] if STORE_KINDS[name].server else [])
+        for name in sorted(STORE_KINDS)
+    ]
+)
 def kind(request: pytest.FixtureRequest) -> StoreKind:
     return STORE_KINDS[request.param]
 
 
 @pytest.fixture
-async def store(kind: StoreKind, tmp_path: Path) -> AsyncIterator[BlobStore]:
-    async with kind.open(tmp_path) as opened:
+async def store(
+    kind: StoreKind, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BlobStore]:
+    servers = [request.getfixturevalue(kind.server)] if kind.server else []
+    async with kind.open(tmp_path, *servers) as opened:
         yield opened
 
 
