@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="casd over SeaweedFS against aiobotocore on the same SeaweedFS (bench/s3.py), only",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
@@ -207,6 +212,30 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sizes_for(args)
     results = Results(meta=describe(args, sizes))
     started = time.monotonic()
+    if args.s3:
+        run_s3_only(args, results)
+    else:
+        run_sections(args, sizes, results)
+    results.meta["seconds"] = round(time.monotonic() - started, 1)
+    results.meta["load_after"] = os.getloadavg()
+    results.note("the machine is shared and noisy: compare ratios taken in the same run")
+    print(render_table(results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    output = args.results / RESULTS_FILE
+    results.write(output)
+    log(f"wrote {output} ({results.meta['seconds']} s)")
+
+
+def run_s3_only(args: argparse.Namespace, results: Results) -> None:
+    from bench import s3
+
+    results.meta["sections"] = ["s3"]
+    with scratch(args) as workdir, postgres(workdir) as pg_url:
+        database_url = create_database(pg_url, "casd_s3")
+        s3.run_s3(s3.sizes_for(args.quick, args.rounds), workdir, results, database_url, log)
+
+
+def run_sections(args: argparse.Namespace, sizes: Sizes, results: Results) -> None:
     with scratch(args) as workdir, postgres(workdir) as pg_url:
         workers = [int(item) for item in args.workers.split(",") if item.strip()]
         casds = [
@@ -233,16 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for server in run.targets:
                 server.stop()
-    results.meta["seconds"] = round(time.monotonic() - started, 1)
-    results.meta["load_after"] = os.getloadavg()
     add_baseline_ratios(results)
     add_targets(results, run)
-    results.note("the machine is shared and noisy: compare ratios taken in the same run")
-    print(render_table(results))
-    args.results.mkdir(parents=True, exist_ok=True)
-    output = args.results / RESULTS_FILE
-    results.write(output)
-    log(f"wrote {output} ({results.meta['seconds']} s)")
 
 
 def probe(run: Run) -> None:

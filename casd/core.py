@@ -40,8 +40,21 @@ class Core:
 
 
 def open_store(settings: Settings) -> BlobStore:
-    """The blob store the settings name (today: the local file store in the data directory)."""
+    """The blob store the settings name: the file store in the data directory, or an S3
+    bucket (``--blob-store s3://BUCKET[/PREFIX]``; its client is opened on first use)."""
+    location = settings.s3_location
+    if location is not None:
+        from casd.stores.s3 import S3BlobStore  # aiobotocore is imported only when used
+
+        return S3BlobStore(location, settings.s3_buffer)
     return FileBlobStore(settings.blobs_dir, settings.staging_dir, settings.quarantine_dir)
+
+
+async def close_store(store: BlobStore) -> None:
+    """Let go of what a store holds open (the S3 store's connections)."""
+    close = getattr(store, "close", None)
+    if close is not None:
+        await close()
 
 
 @contextlib.asynccontextmanager
@@ -66,8 +79,8 @@ async def open_core(
         max_size=pool_size or settings.db_pool_size,
         wait_limit=wait_limit or settings.db_timeout,
     )
+    store = open_store(settings)
     try:
-        store = open_store(settings)
         blobs = BlobService(db, store, settings.max_blob_size, verify_reads=settings.verify_reads)
         core = Core(
             settings=settings,
@@ -86,6 +99,7 @@ async def open_core(
         async with _listening(core, database_url):
             yield core
     finally:
+        await close_store(store)
         await db.close()
 
 

@@ -55,7 +55,10 @@ async def bootstrap(settings: Settings, database_url: str) -> None:
     applied = await migrate(database_url)
     if applied:
         log.info("applied migrations %s", applied)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the admin token goes there
     async with open_core(settings, database_url, pool_size=2, listen=False) as core:
+        capabilities = await core.store.check()  # a store that cannot be used: stop here
+        log.info("blob store: %s (%s)", capabilities.backend, capabilities.detail)
         await core.uploads.recover_after_crash()
         await core.store.sweep_staging(older_than=STAGING_LIFETIME)
         secret = await core.tokens.create_admin_if_first()
@@ -100,9 +103,6 @@ def serve(settings: Settings) -> int:
 
 def supervise(settings: Settings) -> int:
     """The database (embedded or not) and the bootstrap, then the workers until told to stop."""
-    if settings.s3_location is not None:  # issue 11: the S3 store is being built
-        log.critical("casd cannot serve: the S3 blob store is not in this version yet")
-        return 2
     with database_url_for(settings) as database_url:
         asyncio.run(bootstrap(settings, database_url))
         supervisor = Supervisor(

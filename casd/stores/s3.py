@@ -32,14 +32,12 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
-from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 from casd.config import S3Location
-from casd.digests import ALGORITHM, blob_relpath, hex_of
+from casd.digests import blob_relpath, hex_of
 from casd.errors import Unavailable
 from casd.stores.base import (
     Capabilities,
@@ -58,6 +56,11 @@ from casd.stores.s3_client import (
     translate,
 )
 from casd.stores.s3_upload import MIN_PART, PART_SIZE, ByteBudget, S3Upload
+from casd.wire import DIGEST_ALGORITHM as ALGORITHM
+
+if TYPE_CHECKING:  # the stubs are a development dependency
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,7 @@ class S3BlobStore:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._opening = asyncio.Lock()
         self._live: set[str] = set()  # keys and upload ids this process is writing
+        self._capabilities: Capabilities | None = None
 
     # --- the client ------------------------------------------------------------------------
 
@@ -643,6 +647,8 @@ class S3BlobStore:
             await client.head_bucket(Bucket=self.bucket)
         except S3_FAILURES as error:
             raise _check_failure(error, where, "cannot reach the bucket") from error
+        if self._capabilities is not None:
+            return self._capabilities  # probed once per process; readiness asks often
         probe = self._key(f"casd-check/{uuid.uuid4().hex}")
         try:
             await client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
@@ -665,7 +671,10 @@ class S3BlobStore:
             if self.conditional
             else "conditional writes NOT honoured: a HEAD under the publish lock guards them"
         )
-        return Capabilities("s3", True, self.conditional, f"{self.location.url}: {guard}")
+        self._capabilities = Capabilities(
+            "s3", True, self.conditional, f"{self.location.url}: {guard}"
+        )
+        return self._capabilities
 
     # --- resumable staging of casd.uploads, as segments -------------------------------------
     # An upload's bytes are segments "0.<serial>" under uploads/<id>/: each request appends new

@@ -19,15 +19,17 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
-from types_aiobotocore_s3 import S3Client
 
 from casd.errors import InsufficientStorage, Unavailable
+
+if TYPE_CHECKING:  # the stubs are a development dependency
+    from types_aiobotocore_s3 import S3Client
 
 DEFAULT_REGION = "us-east-1"
 POOL_CONNECTIONS = 64

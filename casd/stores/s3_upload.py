@@ -20,13 +20,16 @@ import collections
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
-from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 from casd.errors import PayloadTooLarge
 from casd.stores.s3_client import is_precondition_failed, s3_errors
+
+if TYPE_CHECKING:  # the stubs are a development dependency
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
