@@ -30,6 +30,7 @@ from bench.httpload import run_load
 from bench.procs import CpuMeter
 from bench.results import Results, Target
 from bench.targets import Casd
+from casd.stores.s3 import whole_chunks
 from casd.stores.s3_client import client_config
 from tests.seaweed import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, SeaweedFS
 
@@ -37,7 +38,6 @@ CASD_PREFIX = "bench-casd"
 RAW_PREFIX = "bench-raw/"
 PART = 16 * MIB  # the raw client's parts: casd's own part size
 PARTS_IN_FLIGHT = 4
-READ = MIB
 RANGE_SIZE = MIB
 RANGE_COUNT = 256
 RANGE_CONCURRENCY = 8
@@ -126,7 +126,7 @@ class RawS3:
         hashing: asyncio.Future[Any] | None = None
         received = 0
         async with answer["Body"] as body:
-            async for chunk in body.iter_chunks(READ):
+            async for chunk in whole_chunks(body):  # 1 MiB chunks, as casd reads them
                 received += len(chunk)
                 if verify is not None:
                     if hashing is not None:
