@@ -1,5 +1,5 @@
-"""The periodic maintenance inside ``casd serve``: scrub (``CASD_SCRUB_INTERVAL``) and
-retention (``CASD_RETENTION_INTERVAL``).
+"""The periodic maintenance inside ``casd serve``: scrub (``CASD_SCRUB_INTERVAL``),
+retention (``CASD_RETENTION_INTERVAL``) and, over S3, the sweep of abandoned uploads.
 
 Every worker of every node runs the loops below; a PostgreSQL advisory lock lets one process
 scrub (or apply retention) at a time. The last finished scrub (recorded in ``maintenance_runs``
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # Second key of the maintenance advisory locks (the first one is constant, see the query).
 SCRUB_LOCK = 1
 RETENTION_LOCK = 2
+SWEEP_LOCK = 3
+# How often a shared (S3) store is swept of the uploads that dead nodes abandoned.
+SWEEP_SECONDS = 3600.0
 # How often a worker looks whether a scrub is due, at most.
 POLL_SECONDS = 60.0
 
@@ -121,13 +124,43 @@ async def periodic_retention(db: Database, settings: Settings) -> AsyncIterator[
         yield
 
 
+def staging_grace(settings: Settings) -> float:
+    """How old abandoned staging must be to be removed. At the start of ``casd serve``, before
+    any worker runs, no staging of this server is in use: all of it, for a store of its own. A
+    bucket is shared by several nodes, whose uploads go on: only what is older than the longest
+    an upload may take."""
+    return 0 if settings.s3_location is None else max(24 * 3600, settings.upload_ttl)
+
+
+async def sweep_if_free(core: Core, older_than: float) -> bool:
+    """Sweep the store's abandoned staging unless another process is sweeping it now."""
+    async with maintenance_lock(core.db, SWEEP_LOCK) as held:
+        if not held:
+            return False
+        await core.store.sweep_staging(older_than=older_than)
+    return True
+
+
+async def sweep_periodically(core: Core) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS * random.uniform(0.5, 1.0))
+        try:
+            await sweep_if_free(core, staging_grace(core.settings))
+        except Exception:
+            log.exception("periodic sweep of abandoned uploads failed; trying again later")
+
+
 @contextlib.asynccontextmanager
 async def periodic_maintenance(core: Core) -> AsyncIterator[None]:
-    """The periodic scrub and retention that the settings ask for, while the context lasts."""
+    """The periodic scrub and retention that the settings ask for, and the sweep of a shared
+    (S3) store, while the context lasts."""
     settings = core.settings
     async with contextlib.AsyncExitStack() as stack:
         if settings.scrub_interval:
             await stack.enter_async_context(periodic_scrub(core.blobs, settings))
         if settings.retention_interval:
             await stack.enter_async_context(periodic_retention(core.db, settings))
+        if settings.s3_location is not None:
+            sweep = in_background(sweep_periodically(core), "casd-periodic-sweep")
+            await stack.enter_async_context(sweep)
         yield

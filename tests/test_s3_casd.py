@@ -26,11 +26,13 @@ from casd.core import Core, open_core
 from casd.database import migrate
 from casd.gc import Collector
 from casd.http.app import create_app
+from casd.maintenance import SWEEP_LOCK, maintenance_lock, sweep_if_free
 from casd.scrub import Scrubber
+from casd.stores.s3 import S3BlobStore
 from tests.conftest import create_database, free_port
 from tests.helpers import digest_of, problem_of
 from tests.seaweed import S3Area, SeaweedFS, new_area
-from tests.stores import environment
+from tests.stores import abandon_s3, environment
 
 MiB = 1024 * 1024
 
@@ -247,3 +249,18 @@ def test_serve_refuses_a_store_it_cannot_use_with_one_line(
         assert result.returncode != 0, (case, result.stderr)
         critical = [line for line in result.stderr.splitlines() if "cannot serve" in line]
         assert len(critical) == 1 and cases[case][2] in critical[0], (case, result.stderr)
+
+
+async def test_one_process_at_a_time_sweeps_what_dead_nodes_left(casd: S3Casd) -> None:
+    store = casd.core.store
+    assert isinstance(store, S3BlobStore)
+    async with store.staging(digest_of(b"x" * 10)) as staged:
+        await abandon_s3(staged)  # a node died in the middle of an upload
+    assert len(await casd.area.open_multipart_uploads()) == 1
+    async with maintenance_lock(casd.core.db, SWEEP_LOCK):  # another process sweeps now
+        assert not await sweep_if_free(casd.core, older_than=0)
+    assert len(await casd.area.open_multipart_uploads()) == 1
+    assert await sweep_if_free(casd.core, older_than=3600)
+    assert len(await casd.area.open_multipart_uploads()) == 1, "too young: maybe alive"
+    assert await sweep_if_free(casd.core, older_than=0)
+    assert await casd.area.open_multipart_uploads() == []
