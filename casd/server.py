@@ -26,7 +26,7 @@ from casd.errors import CasdError
 from casd.http.accesslog import AccessLogger
 from casd.http.app import create_app
 from casd.logs import configure_logging
-from casd.maintenance import periodic_maintenance, staging_grace
+from casd.maintenance import periodic_maintenance
 from casd.supervisor import Supervisor, set_title
 
 log = logging.getLogger(__name__)

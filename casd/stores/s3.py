@@ -249,8 +249,6 @@ class S3BlobStore:
     async def publish(
         self, staged: StagedBlob, digest: str, *, replace_suspect: bool = False
     ) -> Published:
-        if isinstance(staged, S3ResumableStaged):
-            return await self._publish_resumable(staged, digest, replace_suspect)
         assert isinstance(staged, S3StagedBlob) and staged.upload.finished
         key = self.blob_key(digest)
         conditional = not replace_suspect
@@ -282,19 +280,8 @@ class S3BlobStore:
                 await target.close()
         return await self._copy(upload.key, key, upload.size, conditional=conditional)
 
-    async def _publish_resumable(
-        self, staged: S3ResumableStaged, digest: str, replace_suspect: bool
-    ) -> Published:
-        await staged.finish()
-        async with self.assemble(staged.key, staged.segments, digest) as assembled:
-            return await self.publish(assembled, digest, replace_suspect=replace_suspect)
-
     async def settle(self, staged: StagedBlob) -> None:
-        """Nothing is journalled: a staging object goes when the staged blob is done with, a
-        resumable upload's segments once it is published (its completion is committed)."""
-        if isinstance(staged, S3ResumableStaged):
-            with contextlib.suppress(Unavailable):  # else the expiry of uploads removes them
-                await self.delete_segments(staged.key)
+        """Nothing is journalled: a staging object goes when the staged blob is done with."""
 
     @contextlib.asynccontextmanager
     async def assemble(
@@ -690,124 +677,6 @@ class S3BlobStore:
             "s3", True, self.conditional, f"{self.location.url}: {guard}"
         )
         return self._capabilities
-
-    # --- resumable staging of casd.uploads, as segments -------------------------------------
-    # An upload's bytes are segments "0.<serial>" under uploads/<id>/: each request appends new
-    # segments and every finish() (a checkpoint) completes one, its durability point. The
-    # offset recorded in PostgreSQL says which of them count: reopening at an offset removes
-    # the segments past it (a request that died after completing a segment, before recording
-    # it). Only one request writes an upload at a time (the upload's lease); a superseded
-    # writer on a partitioned node that completes a segment late is caught by the digest check
-    # at completion. (The study's epoch-fenced segment names need the segment list in
-    # PostgreSQL: the segment calls above are ready for that.)
-
-    @contextlib.asynccontextmanager
-    async def resumable(self, key: str, size: int) -> AsyncIterator[S3ResumableStaged]:
-        kept = await self._cut_back(key, size)
-        serial = max((int(segment.name.partition(".")[2]) for segment in kept), default=-1) + 1
-        staged = S3ResumableStaged(self, key, kept, serial)
-        try:
-            yield staged
-        finally:
-            await asyncio.shield(staged.close())
-
-    async def _cut_back(self, key: str, size: int) -> list[Segment]:
-        """The segments holding the first ``size`` bytes of upload ``key``, those past them
-        removed (a segment across ``size`` is rewritten shorter)."""
-        segments = await self.list_segments(key)
-        kept: list[Segment] = []
-        position = 0
-        for segment in segments:
-            if position >= size:
-                break
-            if position + segment.size > size:
-                segment = await self._shorten(key, segment, size - position)
-            kept.append(segment)
-            position += segment.size
-        if position < size:
-            raise FileNotFoundError(f"upload {key} holds {position} of {size} bytes")
-        past = [segment.name for segment in segments if segment not in kept]
-        await self.delete_segments(key, past)
-        return kept
-
-    async def _shorten(self, key: str, segment: Segment, size: int) -> Segment:
-        """A copy of the first ``size`` bytes of a segment under a new name."""
-        epoch, _, serial = segment.name.partition(".")
-        shorter = Segment(f"{epoch}.{int(serial)}{size}", size)  # a name no writer uses
-        source = self._segment_key(key, segment.name)
-        target = self._segment_key(key, shorter.name)
-        upload = await self._upload(target, complete_at_finish=True, hold_small=False)
-        try:
-            if size >= MIN_PART:
-                await self._copy_parts(upload, source, 0, size)
-                await upload.finish()
-            else:
-                await upload.finish([await self._read_range(source, 0, size)] if size else [])
-        finally:
-            await upload.close()
-        await self.delete_segments(key, [segment.name])
-        return shorter
-
-    async def read_resumable(self, key: str, end: int) -> AsyncIterator[bytes]:
-        wanted: list[Segment] = []
-        position = 0
-        for segment in await self.list_segments(key):
-            if position >= end:
-                break
-            wanted.append(Segment(segment.name, min(segment.size, end - position)))
-            position += wanted[-1].size
-        if position < end:
-            raise FileNotFoundError(f"upload {key} holds fewer than {end} bytes")
-        async for chunk in self.read_segments(key, wanted):
-            yield chunk
-
-    async def delete_resumable(self, key: str) -> None:
-        await self.delete_segments(key)
-
-    async def resumable_keys(self) -> list[str]:
-        return [upload_id async for page in self.list_upload_ids() for upload_id in page]
-
-
-class S3ResumableStaged:
-    """A resumable upload's bytes (:meth:`S3BlobStore.resumable`): the segments kept, and the
-    segment being written. Published by assembling the segments at the blob's key."""
-
-    def __init__(self, store: S3BlobStore, key: str, kept: list[Segment], serial: int) -> None:
-        self.store = store
-        self.key = key
-        self.segments = kept
-        self.size = sum(segment.size for segment in kept)
-        self._serial = serial
-        self._current: S3Upload | None = None
-
-    async def write(self, data: bytes | Sequence[bytes]) -> None:
-        if self._current is None:
-            name = f"0.{self._serial}"
-            key = self.store._segment_key(self.key, name)
-            self._current = await self.store._upload(key, complete_at_finish=True, hold_small=False)
-        before = self._current.size
-        await self._current.write(data)
-        self.size += self._current.size - before
-
-    async def finish(self, tail: Sequence[bytes] = ()) -> None:
-        """Complete the segment being written: every byte so far is durable."""
-        if any(tail):
-            await self.write(list(tail))
-        current, self._current = self._current, None
-        if current is None:
-            return
-        try:
-            await current.finish()
-        finally:
-            await current.close()
-        self.segments.append(Segment(f"0.{self._serial}", current.size))
-        self._serial += 1
-
-    async def close(self) -> None:
-        if self._current is not None:
-            await self._current.close()  # an unfinished segment: never recorded
-            self.size -= self._current.size
-            self._current = None
 
 
 def _total_size(answer: Any) -> int:

@@ -37,7 +37,7 @@ CONNECT_TIMEOUT = 5.0
 # A request that sends or receives nothing for this long fails (the client retries it, then
 # casd answers 503): long enough for the store to assemble a large multipart upload.
 READ_TIMEOUT = 60.0
-RETRY_AFTER = {"Retry-After": "5"}  # what a client is told when the store does not answer
+RETRY_AFTER = 5  # seconds a client is told to wait when the store does not answer
 # Answers that mean "the object is not there".
 MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 # Answers that mean "the store is out of room": 507, not 503.
@@ -127,10 +127,10 @@ def translate(error: BaseException, what: str) -> Exception:
             detail = f"the S3 store refused access ({code or 403}): check the credentials"
         else:
             detail = f"the S3 store answered {code or status_of(error)} to {what}"
-        return Unavailable(detail, headers=dict(RETRY_AFTER))
+        return Unavailable(detail, retry_after=RETRY_AFTER)
     return Unavailable(
         f"the S3 store does not answer ({what}: {type(error).__name__})",
-        headers=dict(RETRY_AFTER),
+        retry_after=RETRY_AFTER,
     )
 
 
