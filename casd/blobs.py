@@ -186,10 +186,10 @@ class BlobService:
                         f"storing these {staged.size} bytes would take the token past its quota;"
                         " nothing was stored"
                     )
+            if also is not None:  # before the bytes: if it refuses, nothing is published
+                await also(tx)
             await self._publish_bytes(tx, staged, digest, created, row["status"])
             crashpoints.reached("publish-before-commit")
-            if also is not None:
-                await also(tx)
         crashpoints.reached("publish-before-settle")
         await asyncio.shield(self._settle(staged))
         if created and charge is not None and not charge.limited:

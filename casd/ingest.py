@@ -77,9 +77,14 @@ class HashingWriter:
 
     async def close(self) -> None:
         """Never leave a thread writing to a staged object that is about to go away."""
-        if self._inflight is not None and not self._inflight.done():
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        if not inflight.done():
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._inflight)
+                await asyncio.shield(inflight)
+        if not inflight.cancelled():
+            inflight.exception()  # retrieved: the caller already has the error that ended it
 
 
 async def gather_parts(

@@ -437,7 +437,9 @@ class UploadService:
         blob's row (one transaction)."""
 
         async def record_completion(tx: Queries) -> None:
-            await self.leases.complete(tx, lease, digest, size)
+            if not await self.leases.complete(tx, lease, digest, size):
+                # Taken over or removed since the checkpoint: another request owns the row.
+                raise UploadNotFound(f"upload {lease.upload_id} was removed while being written")
 
         try:
             async with self.store.assemble(lease.upload_id, sink.segments, digest) as staged:

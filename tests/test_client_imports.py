@@ -20,7 +20,6 @@ SERVER_ONLY = (
     "aiohttp.web",
     "casd.auth",
     "casd.blobs",
-    "casd.blobstore",
     "casd.core",
     "casd.database",
     "casd.embedded",

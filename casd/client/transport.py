@@ -112,7 +112,9 @@ class Transport:
             raise Unavailable(
                 f"{giving_up}: gave up after {failures} tries: {error.detail}"
             ) from error
-        delay = retry_after(error) or self.retry.delay(failures)
+        delay = retry_after(error)
+        if delay is None:  # Retry-After: 0 means at once, not "back off as usual"
+            delay = self.retry.delay(failures)
         if self.on_retry is not None:
             self.on_retry(failures, self.retry.attempts, delay, error)
         await asyncio.sleep(delay)

@@ -381,8 +381,12 @@ class FileBlobStore:
     # --- removal ---------------------------------------------------------------------------
 
     async def delete(self, digest: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             await asyncio.to_thread(self.path_of(digest).unlink)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise _storage_error(error) from error
 
     async def quarantine(self, digest: str) -> str | None:
         target = self.quarantine_dir / f"{hex_of(digest)}.{uuid.uuid4().hex[:8]}"
@@ -390,6 +394,8 @@ class FileBlobStore:
             await asyncio.to_thread(self.path_of(digest).replace, target)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            raise _storage_error(error) from error
         return str(target)
 
     async def list_digests(self, after: str = "") -> AsyncIterator[list[str]]:
@@ -407,7 +413,7 @@ class FileBlobStore:
     # --- resumable uploads: segments -------------------------------------------------------
 
     def _upload_dir(self, upload_id: str) -> Path:
-        if not upload_id.isalnum():
+        if not (upload_id.isascii() and upload_id.isalnum()):
             raise ValueError(f"not an upload id: {upload_id!r}")
         return self.uploads_dir / upload_id
 
@@ -452,6 +458,8 @@ class FileBlobStore:
 
     async def list_upload_ids(self) -> AsyncIterator[list[str]]:
         names = await asyncio.to_thread(_sorted_names, self.uploads_dir, directories=True)
+        # Only what an upload id can be: a stray directory an operator left is not an upload.
+        names = [name for name in names if name.isascii() and name.isalnum()]
         for page in range(0, len(names), LIST_PAGE):
             yield names[page : page + LIST_PAGE]
 
@@ -533,11 +541,14 @@ def _segments_in(directory: Path) -> list[Segment]:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
-    found = [
-        Segment(entry.name, entry.stat().st_size)
-        for entry in entries
-        if is_segment_name(entry.name)
-    ]
+    found = []
+    for entry in entries:
+        if not is_segment_name(entry.name):
+            continue
+        try:
+            found.append(Segment(entry.name, entry.stat().st_size))
+        except FileNotFoundError:  # deleted meanwhile by another process's sweep
+            continue
     return sorted(found, key=lambda segment: tuple(map(int, segment.name.split("."))))
 
 
