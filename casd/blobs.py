@@ -21,7 +21,6 @@ from casd.digests import format_digest, lock_key, new_hasher, publish_lock_key
 from casd.errors import (
     BlobNotFound,
     BlobQuarantined,
-    CasdError,
     DigestMismatch,
     IncompleteBody,
     PayloadTooLarge,
@@ -78,12 +77,6 @@ class Charge:
 
     def unchecked_while_streaming(self) -> Charge:
         return replace(self, remaining=None)
-
-
-class CorruptBlob(CasdError):
-    """The stored bytes do not match their digest; the blob was quarantined."""
-
-    status, code, title = 410, "blob-quarantined", "Blob quarantined"
 
 
 class BlobService:
@@ -333,7 +326,7 @@ class BlobService:
         self, reader: BlobReader, info: BlobInfo, hasher: Any
     ) -> AsyncGenerator[bytes]:
         """The blob's bytes, hashed as they go; the last chunk is held back until the hash is
-        known, so a corrupt blob never reaches a client complete. Raises :class:`CorruptBlob`
+        known, so a corrupt blob never reaches a client complete. Raises :class:`BlobQuarantined`
         (after quarantining it) instead of yielding that last chunk."""
         held: bytes | None = None
         size = 0
@@ -348,7 +341,7 @@ class BlobService:
                 held = chunk
         if size != info.size or format_digest(hasher) != info.digest:
             await self.quarantine(info.digest, reason="content does not match digest on read")
-            raise CorruptBlob(f"blob {info.digest} is corrupt on disk")
+            raise BlobQuarantined(f"blob {info.digest} is corrupt in the store")
         if held is not None:
             yield held
 
