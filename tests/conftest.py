@@ -87,9 +87,50 @@ def tier_of(item: pytest.Item) -> str:
     return max(used, key=TIERS.index, default="unit")
 
 
+# `make test` runs the suite in several pytest processes (pytest-xdist, `--dist loadgroup`):
+# most of the time goes to waiting on casd processes, PostgreSQL and SeaweedFS, not to the
+# CPU. A module is one unit of work, so its module-scoped servers start once; the tests of the
+# object store form one unit, so one SeaweedFS starts, not one per pytest process.
+OBJECT_STORE_GROUP = "object-store"
+# The cost of a test by tier, to hand the longest units out first: a unit of work that starts
+# late must not leave the other processes idle at the end.
+TIER_COST = {"unit": 0.0, "service": 0.1, "http": 0.3, "e2e": 2.0, "multinode": 5.0}
+SLOW_COST = 30.0  # a test marked ``slow`` runs for tens of seconds
+
+
+def group_of(item: pytest.Item) -> str:
+    """The unit of work of a parallel run that this test belongs to."""
+    named = item.get_closest_marker("xdist_group")
+    if named:
+        return str(named.args[0])
+    if "seaweedfs" in getattr(item, "fixturenames", ()):
+        return OBJECT_STORE_GROUP
+    return item.nodeid.split("::")[0]
+
+
+def cost_of(item: pytest.Item) -> float:
+    return SLOW_COST if item.get_closest_marker("slow") else TIER_COST[tier_of(item)]
+
+
+def longest_groups_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items reordered so that the costliest unit comes first (the order within a unit
+    stays the collection's)."""
+    cost: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        group = group_of(item)
+        cost[group] = cost.get(group, 0.0) + cost_of(item)
+        first.setdefault(group, index)
+    return sorted(items, key=lambda item: (-cost[group_of(item)], first[group_of(item)]))
+
+
+# tryfirst: the groups must be set before pytest-xdist reads them in this same hook.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(tier_of(item))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    items[:] = longest_groups_first(items)
 
 
 # The running test's tier: outside e2e, starting casd (in the test or in a fixture it sets up)

@@ -160,6 +160,7 @@ async def test_an_empty_expect_header_expects_nothing(
 
 
 @pytest.mark.e2e  # schemathesis runs as a process of its own
+@pytest.mark.slow
 async def test_schemathesis_finds_the_server_true_to_its_description(
     http_server: InProcessServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
