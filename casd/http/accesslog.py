@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from casd import metrics
+from casd.http.context import TOKEN
 from casd.logs import FIELDS
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class AccessLogger(AbstractAccessLogger):
         metrics.REQUEST_SENT_BYTES.labels(method, route).observe(sent)
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        token = request.get("token")
+        token = request.get(TOKEN)
         fields = {
             "remote": request.remote,
             "method": method,

@@ -9,6 +9,8 @@ from casd.core import Core
 from casd.errors import Forbidden, Unauthorized
 
 CORE = web.AppKey("core", Core)
+# The caller's token once authenticated, for the handlers and the access log.
+TOKEN = web.RequestKey("token", Token)
 
 
 def core_of(request: web.Request) -> Core:
@@ -17,14 +19,13 @@ def core_of(request: web.Request) -> Core:
 
 async def request_token(request: web.Request) -> Token | None:
     """The caller's token, None if it sent none; a bad or revoked token is refused."""
-    cached: Token | None = request.get("token")
-    if cached is not None:
-        return cached
+    if TOKEN in request:
+        return request[TOKEN]
     secret = parse_bearer(request.headers.get("Authorization"))
     if secret is None:
         return None
     token = await core_of(request).tokens.authenticate(secret)
-    request["token"] = token
+    request[TOKEN] = token
     return token
 
 

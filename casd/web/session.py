@@ -18,9 +18,11 @@ from aiohttp import web
 
 from casd.auth import Token
 from casd.errors import Forbidden, Unauthorized
-from casd.http.context import core_of
+from casd.http.context import TOKEN, core_of
 
 COOKIE = "casd_token"
+# The signed-in browser's token (None: not signed in), looked up once a request.
+VIEWER: web.RequestKey[Token | None] = web.RequestKey("viewer")
 _CSRF_MESSAGE = b"casd web form"
 # A signed-in browser keeps its token this long without using it (then signs in again).
 COOKIE_MAX_AGE = 7 * 24 * 3600
@@ -33,10 +35,9 @@ def cookie_secret(request: web.Request) -> str | None:
 
 async def viewer(request: web.Request) -> Token | None:
     """The token of the signed-in browser, None when it is not signed in (or its token was
-    revoked). Handlers of the API read the same token through ``request["token"]``."""
-    if "viewer" in request:
-        cached: Token | None = request["viewer"]
-        return cached
+    revoked). Handlers of the API read the same token through ``TOKEN`` of casd.http.context."""
+    if VIEWER in request:
+        return request[VIEWER]
     secret = cookie_secret(request)
     token = None
     if secret is not None:
@@ -44,9 +45,9 @@ async def viewer(request: web.Request) -> Token | None:
             token = await core_of(request).tokens.authenticate(secret)
         except Unauthorized:
             token = None
-    request["viewer"] = token
+    request[VIEWER] = token
     if token is not None:
-        request["token"] = token
+        request[TOKEN] = token
     return token
 
 
