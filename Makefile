@@ -48,10 +48,10 @@ lint: $(VENV)/.installed
 # Every tier: unit, service, http, the end-to-end tests with real casd processes and the
 # multi-node tier (three casd nodes over one database), in TEST_PROCESSES pytest processes: the
 # suite mostly waits on casd, PostgreSQL and SeaweedFS, so three keep two cores busy. One
-# module is one unit of work (tests/conftest.py, group_of).
+# module is one unit of work (tests/conftest.py, GroupScheduling).
 TEST_PROCESSES ?= 3
 test: lint $(CHROMIUM) $(PGBOUNCER)
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES)
 
 # Everything but the end-to-end and multi-node tiers.
 test-fast: lint

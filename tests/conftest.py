@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from casd.config import Settings, metrics_dir_of
 from casd.core import Core, open_core
@@ -87,25 +88,39 @@ def tier_of(item: pytest.Item) -> str:
     return max(used, key=TIERS.index, default="unit")
 
 
-# `make test` runs the suite in several pytest processes (pytest-xdist, `--dist loadgroup`):
-# most of the time goes to waiting on casd processes, PostgreSQL and SeaweedFS, not to the
-# CPU. A module is one unit of work, so its module-scoped servers start once; the tests of the
-# object store form one unit, so one SeaweedFS starts, not one per pytest process.
+# `make test` runs the suite in several pytest processes (pytest-xdist, `-n`): most of the time
+# goes to waiting on casd processes, PostgreSQL and SeaweedFS, not to the CPU. A module is one
+# unit of work, so its module-scoped servers start once; the tests of the object store (a
+# module or a parameter named s3) form one unit, so one SeaweedFS starts, not one per process.
 OBJECT_STORE_GROUP = "object-store"
-# The cost of a test by tier, to hand the longest units out first: a unit of work that starts
-# late must not leave the other processes idle at the end.
+# The cost of a test by tier, to hand the costliest units out first: a unit of work that
+# starts late must not leave the other processes idle at the end.
 TIER_COST = {"unit": 0.0, "service": 0.1, "http": 0.3, "e2e": 2.0, "multinode": 5.0}
 SLOW_COST = 30.0  # a test marked ``slow`` runs for tens of seconds
 
 
-def group_of(item: pytest.Item) -> str:
-    """The unit of work of a parallel run that this test belongs to."""
-    named = item.get_closest_marker("xdist_group")
-    if named:
-        return str(named.args[0])
-    if "seaweedfs" in getattr(item, "fixturenames", ()):
+def group_of(nodeid: str) -> str:
+    """The unit of work of a parallel run that a test belongs to (its module, mostly)."""
+    module, _, test = nodeid.partition("::")
+    if "s3" in Path(module).stem.split("_") or test.endswith("[s3]"):
         return OBJECT_STORE_GROUP
-    return item.nodeid.split("::")[0]
+    return module
+
+
+class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no types
+    """pytest-xdist's scope scheduling with ``group_of`` as the scope, in collection order."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return group_of(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupScheduling | None:
+    if config.getoption("dist") != "load":  # the default of -n; another --dist is obeyed
+        return None
+    # Collection already put the costliest units first (longest_groups_first): keep that order
+    # rather than xdist's (the units with the most tests first).
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 def cost_of(item: pytest.Item) -> float:
@@ -113,23 +128,22 @@ def cost_of(item: pytest.Item) -> float:
 
 
 def longest_groups_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The items reordered so that the costliest unit comes first (the order within a unit
-    stays the collection's)."""
+    """The items reordered so that the costliest unit of work comes first (the order within a
+    unit stays the collection's)."""
     cost: dict[str, float] = {}
     first: dict[str, int] = {}
     for index, item in enumerate(items):
-        group = group_of(item)
+        group = group_of(item.nodeid)
         cost[group] = cost.get(group, 0.0) + cost_of(item)
         first.setdefault(group, index)
-    return sorted(items, key=lambda item: (-cost[group_of(item)], first[group_of(item)]))
+    return sorted(
+        items, key=lambda item: (-cost[group_of(item.nodeid)], first[group_of(item.nodeid)])
+    )
 
 
-# tryfirst: the groups must be set before pytest-xdist reads them in this same hook.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(tier_of(item))
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
     items[:] = longest_groups_first(items)
 
 

@@ -17,20 +17,15 @@ import pytest
 
 from casd.digests import digest_of, new_hasher
 from casd.stores import BlobStore, Published, Segment
-from tests.conftest import OBJECT_STORE_GROUP
 from tests.stores import STORE_KINDS, StoreKind
 
 MiB = 1024 * 1024
 
 
-# A store with a server of its own (SeaweedFS) is a real process: the service tier, and in a
-# parallel run the unit of work of the object store's tests (tests/conftest.py).
-SERVER_MARKS = [pytest.mark.service, pytest.mark.xdist_group(OBJECT_STORE_GROUP)]
-
-
+# A store with a server of its own (SeaweedFS) is a real process: the service tier.
 @pytest.fixture(
     params=[
-        pytest.param(name, marks=SERVER_MARKS if STORE_KINDS[name].server else [])
+        pytest.param(name, marks=[pytest.mark.service] if STORE_KINDS[name].server else [])
         for name in sorted(STORE_KINDS)
     ]
 )
