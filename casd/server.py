@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Blob I/O and fsync run in threads; many concurrent uploads each wait on one fsync.
 IO_THREADS = 64
+# As a worker stops, requests in flight get this long to finish (aiohttp's default).
+SHUTDOWN_SECONDS = 60.0
 
 # The longest a single request may stage bytes: staging older than this (in a store that cannot
 # tell a live writer, S3) was abandoned by a writer that died.
@@ -150,14 +152,24 @@ async def serve_http(settings: Settings, database_url: str, ready: Callable[[], 
         await serve_app(core, stop, ready)
 
 
-async def serve_app(core: Core, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+async def serve_app(
+    core: Core,
+    stop: asyncio.Event,
+    ready: Callable[[], None],
+    shutdown_timeout: float = SHUTDOWN_SECONDS,
+) -> None:
     """Bind the port (shared by all workers), serve until ``stop``, then let requests in
-    flight finish (up to aiohttp's shutdown timeout)."""
+    flight finish (up to ``shutdown_timeout``)."""
+    app = create_app(core)
+    # The core is this process's: as the server stops, the resumable uploads still writing
+    # end and record the bytes they received rather than wait out the shutdown timeout.
+    app.on_shutdown.append(lambda _: end_upload_writers(core))
     runner = web.AppRunner(
-        create_app(core),
+        app,
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("casd.access"),
+        shutdown_timeout=shutdown_timeout,
     )
     await runner.setup()
     try:
@@ -167,3 +179,7 @@ async def serve_app(core: Core, stop: asyncio.Event, ready: Callable[[], None]) 
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def end_upload_writers(core: Core) -> None:
+    core.uploads.shutdown()

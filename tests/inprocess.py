@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
 import socket
 import subprocess
 import threading
@@ -30,16 +29,13 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from aiohttp import web
 from click.testing import CliRunner
 
 from casd.cli import main as casd_cli
 from casd.config import SETTINGS, Settings, load_settings
 from casd.core import open_core
-from casd.http.accesslog import AccessLogger
-from casd.http.app import create_app
 from casd.maintenance import periodic_maintenance
-from casd.server import IO_THREADS, bootstrap
+from casd.server import IO_THREADS, bootstrap, serve_app
 
 # Requests still in flight when a test's server stops get this long (casd serve: 60 s).
 SHUTDOWN_SECONDS = 2.0
@@ -129,21 +125,7 @@ class _Worker(threading.Thread):
             open_core(self.settings, self.database_url) as core,
             periodic_maintenance(core),
         ):
-            runner = web.AppRunner(
-                create_app(core),
-                handle_signals=False,
-                access_log_class=AccessLogger,
-                access_log=logging.getLogger("casd.access"),
-                shutdown_timeout=SHUTDOWN_SECONDS,
-            )
-            await runner.setup()
-            try:
-                host, port = self.settings.host_port
-                await web.TCPSite(runner, host, port, reuse_port=True).start()
-                self.ready.set()
-                await self._stopping.wait()
-            finally:
-                await runner.cleanup()
+            await serve_app(core, self._stopping, self.ready.set, SHUTDOWN_SECONDS)
 
     def stop(self) -> None:
         if self._loop is not None and self._stopping is not None and self.is_alive():

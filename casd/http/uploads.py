@@ -20,13 +20,12 @@ from casd.http.blobs import (
     send_continue,
     stored_response,
 )
-from casd.http.context import CORE, core_of, request_token
+from casd.http.context import core_of, request_token
 from casd.uploads import Append, RequestBody, UploadStatus
 from casd.wire import CASD_DIGEST, FALSE, TRUE, UPLOAD_COMPLETE, UPLOAD_LENGTH, UPLOAD_OFFSET
 
 
 def setup_routes(app: web.Application) -> None:
-    app.on_shutdown.append(end_writers)
     app.router.add_post("/v1/uploads", post_upload, expect_handler=defer_expect)
     app.router.add_get("/v1/uploads", list_uploads, allow_head=False)
     app.router.add_route("HEAD", "/v1/uploads/{upload_id}", head_upload)
@@ -34,11 +33,6 @@ def setup_routes(app: web.Application) -> None:
         "PATCH", "/v1/uploads/{upload_id}", patch_upload, expect_handler=defer_expect
     )
     app.router.add_delete("/v1/uploads/{upload_id}", delete_upload)
-
-
-async def end_writers(app: web.Application) -> None:
-    """On shutdown, end the requests still writing: each records the bytes it received."""
-    app[CORE].uploads.shutdown()
 
 
 def request_body(request: web.Request) -> RequestBody:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +31,8 @@ from casd.web.history import changes
 from casd.web.render import render
 from casd.web.store import PageStore
 
+# The background recomputations of the store's figures that this application started.
+REFRESHING = web.AppKey("refreshing", set[asyncio.Task[None]])
 HISTORY_PAGE = 50
 SEARCH_PAGE = 100
 
@@ -68,7 +71,7 @@ def _quoted(text: str) -> str:
 
 
 def store(request: web.Request) -> PageStore:
-    return PageStore(core_of(request).db)
+    return PageStore(core_of(request).db, request.app[REFRESHING])
 
 
 def base_url(request: web.Request) -> str:

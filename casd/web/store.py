@@ -22,7 +22,6 @@ CHART_BUCKETS = 48
 FIGURES_MAX_AGE = 5.0
 
 log = logging.getLogger(__name__)
-_REFRESHING: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,9 @@ class Figures:
 class PageStore:
     """The page queries, over the pool of this process."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, refreshing: set[asyncio.Task[None]]) -> None:
         self.db = db
+        self.refreshing = refreshing  # the background recomputations of this application
 
     async def folder(
         self,
@@ -184,12 +184,12 @@ class PageStore:
         return Figures(computed_at, figures.names, figures.healthy, figures.points)
 
     def refresh_soon(self) -> None:
-        """Recompute the figures in the background, once at a time in this process."""
-        if _REFRESHING:
+        """Recompute the figures in the background, once at a time in this application."""
+        if self.refreshing:
             return
         task = asyncio.get_running_loop().create_task(self._refresh_quietly())
-        _REFRESHING.add(task)
-        task.add_done_callback(_REFRESHING.discard)
+        self.refreshing.add(task)
+        task.add_done_callback(self.refreshing.discard)
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -198,9 +198,9 @@ class PageStore:
             log.warning("web: could not recompute the store's figures: %s", error.detail)
 
 
-async def stop_refreshing() -> None:
+async def stop_refreshing(refreshing: set[asyncio.Task[None]]) -> None:
     """On shutdown: end a background recomputation (its transaction rolls back)."""
-    for task in list(_REFRESHING):
+    for task in list(refreshing):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
