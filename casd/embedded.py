@@ -14,6 +14,7 @@ import os
 import pwd
 import subprocess
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -36,8 +37,10 @@ SERVER_OPTIONS = ["-c", "max_connections=300", "-c", "shared_buffers=128MB", "-c
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``pgdata``, listening only on a Unix socket."""
 
-    def __init__(self, pgdata: Path) -> None:
+    def __init__(self, pgdata: Path, settings: Sequence[str] = ()) -> None:
+        """``settings``: more ``name=value`` server settings (the tests' scratch cluster)."""
         self.pgdata = pgdata
+        self.settings = list(settings)
         self._users_lock: IO[bytes] | None = None
         self._system_user = SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -174,7 +177,8 @@ class EmbeddedPostgres:
         socket_dir = self._socket_dir()
         if self._system_user is not None:
             socket_dir.chmod(0o777)
-        options = " ".join(["-h ''", f"-k {socket_dir}", *SERVER_OPTIONS])
+        extra = [word for setting in self.settings for word in ("-c", setting)]
+        options = " ".join(["-h ''", f"-k {socket_dir}", *SERVER_OPTIONS, *extra])
         log.info("starting embedded PostgreSQL (socket in %s)", socket_dir)
         self._run(
             "pg_ctl",

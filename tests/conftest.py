@@ -232,13 +232,19 @@ def client_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[key] = value
 
 
+# The session's cluster is scratch: no fsync (what a test kills is a process, never the
+# machine, so every commit PostgreSQL acknowledged still survives; synchronous_commit stays on).
+SCRATCH_SETTINGS = ("fsync=off", "full_page_writes=off")
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("CASD_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "postgres") as embedded:
+    pgdata = tmp_path_factory.mktemp("pg") / "postgres"
+    with EmbeddedPostgres(pgdata, SCRATCH_SETTINGS) as embedded:
         yield embedded.url
 
 
