@@ -1,6 +1,9 @@
 # The commands of the README: `make serve`, `make test`, `make test-fast`. Each sets up .venv
 # first: `serve` with the runtime dependencies only, the others with the dev extra as well.
 VENV ?= .venv
+# Where PYTHONDONTWRITEBYTECODE is set (some images do), every Python process compiles casd's
+# modules anew and pytest rewrites the test modules anew; the suite starts casd some 250 times.
+unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
