@@ -38,7 +38,10 @@ class EmbeddedPostgres:
     """A PostgreSQL cluster in ``pgdata``, listening only on a Unix socket."""
 
     def __init__(self, pgdata: Path, settings: Sequence[str] = ()) -> None:
-        """``settings``: more ``name=value`` server settings (the tests' scratch cluster)."""
+        """``settings``: more ``name=value`` server settings (the tests' scratch cluster); they
+        come after casd's own, and PostgreSQL takes the last of a name given twice."""
+        if any(not setting.isprintable() or " " in setting for setting in settings):
+            raise ValueError(f"server settings are name=value without spaces: {settings!r}")
         self.pgdata = pgdata
         self.settings = list(settings)
         self._users_lock: IO[bytes] | None = None

@@ -163,7 +163,7 @@ async def serve_app(
     app = create_app(core)
     # The core is this process's: as the server stops, the resumable uploads still writing
     # end and record the bytes they received rather than wait out the shutdown timeout.
-    app.on_shutdown.append(lambda _: end_upload_writers(core))
+    app.on_shutdown.insert(0, lambda _: end_upload_writers(core))
     runner = web.AppRunner(
         app,
         handle_signals=False,

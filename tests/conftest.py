@@ -1,9 +1,9 @@
 """Fixtures: a real PostgreSQL, casd served in the test process or as real subprocesses on
 loopback ports, real HTTP.
 
-PostgreSQL is ``CASD_TEST_DATABASE_URL`` when set, else one embedded cluster for the session;
-every casd server gets a fresh database of its own (a copy of one migrated once per session)
-and a fresh data directory.
+PostgreSQL is ``CASD_TEST_DATABASE_URL`` when set, else one embedded cluster for each pytest
+process (``make test`` runs three: see ``GroupScheduling``); every casd server gets a fresh
+database of its own (a copy of one migrated once per process) and a fresh data directory.
 
 Every test has one tier (markers registered in pyproject.toml), given by the fixtures it uses
 unless it names one itself: ``e2e`` with a ``casd serve`` fixture (``server``,
@@ -88,8 +88,8 @@ def tier_of(item: pytest.Item) -> str:
     return max(used, key=TIERS.index, default="unit")
 
 
-# `make test` runs the suite in several pytest processes (pytest-xdist, `-n`): most of the time
-# goes to waiting on casd processes, PostgreSQL and SeaweedFS, not to the CPU. A module is one
+# `make test` runs the suite in several pytest processes (pytest-xdist, `-n`): one process keeps
+# less than one core busy while its tests wait on casd, PostgreSQL and SeaweedFS. A module is one
 # unit of work, so its module-scoped servers start once; the tests of the object store (a
 # module or a parameter named s3) form one unit, so one SeaweedFS starts, not one per process.
 OBJECT_STORE_GROUP = "object-store"
@@ -114,8 +114,11 @@ class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has n
         return group_of(nodeid)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's, which `-p no:xdist` leaves out
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> GroupScheduling | None:
-    if config.getoption("dist") != "load":  # the default of -n; another --dist is obeyed
+    """``-n`` (its default ``--dist load`` included) schedules by units of work; another
+    ``--dist`` is obeyed."""
+    if config.getoption("dist") != "load":
         return None
     # Collection already put the costliest units first (longest_groups_first): keep that order
     # rather than xdist's (the units with the most tests first).
@@ -128,22 +131,39 @@ def cost_of(item: pytest.Item) -> float:
 
 
 def longest_groups_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The items reordered so that the costliest unit of work comes first (the order within a
-    unit stays the collection's)."""
+    """The items reordered so that the costliest unit of work comes first and, within a unit,
+    its slow tests: while they run, the process still has the unit's other tests to come, so
+    xdist hands it no further unit that would wait behind them."""
     cost: dict[str, float] = {}
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         group = group_of(item.nodeid)
         cost[group] = cost.get(group, 0.0) + cost_of(item)
         first.setdefault(group, index)
-    return sorted(
-        items, key=lambda item: (-cost[group_of(item.nodeid)], first[group_of(item.nodeid)])
-    )
+
+    def order(item: pytest.Item) -> tuple[float, int, bool]:
+        group = group_of(item.nodeid)
+        return (-cost[group], first[group], item.get_closest_marker("slow") is None)
+
+    return sorted(items, key=order)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def check_object_store_group(item: pytest.Item) -> None:
+    """A test on SeaweedFS must be in the object store's unit (else it starts another)."""
+    if "seaweedfs" in getattr(item, "fixturenames", ()) and group_of(item.nodeid) != (
+        OBJECT_STORE_GROUP
+    ):
+        raise pytest.UsageError(f"{item.nodeid} uses SeaweedFS: name its module or id s3")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Generator[None, None, None]:
+    """Tiers before any other plugin looks at the items (``-m e2e``); the order of a parallel
+    run after ``-m`` and ``-k`` deselected what they do (the costs of the tests that run)."""
     for item in items:
         item.add_marker(tier_of(item))
+        check_object_store_group(item)
+    yield
     items[:] = longest_groups_first(items)
 
 

@@ -37,7 +37,8 @@ from casd.core import open_core
 from casd.maintenance import periodic_maintenance
 from casd.server import IO_THREADS, bootstrap, serve_app
 
-# Requests still in flight when a test's server stops get this long (casd serve: 60 s).
+# Requests still in flight when a test's server stops get this long (casd serve: its
+# SHUTDOWN_SECONDS).
 SHUTDOWN_SECONDS = 2.0
 # Whatever the fixtures set before the server starts; a server never takes this process's own.
 _ENV_SETTINGS = {setting.env for setting in SETTINGS}

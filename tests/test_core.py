@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from casd.config import Settings
 from casd.core import Core, open_core
-from casd.database import migrate
 from casd.digests import digest_of
 from casd.http.app import create_app
 from tests.conftest import create_database
@@ -23,12 +22,11 @@ pytestmark = pytest.mark.http
 
 @pytest.fixture
 def database_url(postgres_url: str) -> str:
-    return create_database(postgres_url)
+    return create_database(postgres_url, migrated=True)
 
 
 @pytest.fixture
 async def core(database_url: str, tmp_path: Path) -> AsyncIterator[Core]:
-    await migrate(database_url)
     async with open_core(Settings(data_dir=tmp_path), database_url, pool_size=4) as opened:
         yield opened
 
@@ -97,7 +95,7 @@ async def until_taken_over(database_url: str, upload_id: str) -> None:
     """Until a request holds the upload again (the creating one let it go)."""
     connection = await asyncpg.connect(database_url)
     try:
-        for _ in range(200):
+        for _ in range(1000):  # 20 s
             query = "SELECT writer_epoch FROM uploads WHERE id = $1"
             if await connection.fetchval(query, upload_id) is not None:
                 return

@@ -13,7 +13,9 @@ from casd.http.problems import install_parser_problems, problem_middleware, prob
 
 def create_app(core: Core) -> web.Application:
     """The API and the pages over ``core``, which the caller opens and closes (see
-    :func:`casd.core.open_core`); several applications may share one core."""
+    :func:`casd.core.open_core`); several applications may share one core. Whoever owns the
+    core ends its upload writers when serving stops (``casd.server.serve_app`` does), else
+    requests still writing wait out the shutdown timeout."""
     install_parser_problems()
     app = web.Application(
         middlewares=[accesslog.observe_middleware, problem_middleware],

@@ -12,7 +12,6 @@ from aiohttp import web
 
 from casd.http.names import NAME_PATH
 from casd.web import pages
-from casd.web.pages import REFRESHING
 from casd.web.store import stop_refreshing
 
 STATIC = Path(__file__).parent / "static"
@@ -30,9 +29,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/logout", pages.logout)
     app.router.add_post("/rollback", pages.rollback)
     app.router.add_static("/static", STATIC, append_version=False)
-    app[REFRESHING] = set()
+    app[pages.REFRESHING] = set()
     app.on_shutdown.append(_stop_refreshing)
 
 
 async def _stop_refreshing(app: web.Application) -> None:
-    await stop_refreshing(app[REFRESHING])
+    await stop_refreshing(app[pages.REFRESHING])
