@@ -3,9 +3,10 @@ itself with SIGKILL when it reaches the named point of a multi-step change, so t
 check what a crash exactly there leaves behind. Unset (always, outside tests), it costs one
 comparison per call.
 
-Points: ``publish-before-commit`` (a blob's file is in place, its row not yet committed),
-``publish-before-settle`` (the row is committed, the publication journal not yet removed),
-``segment-before-record`` (a resumable upload's segment is durable, not yet recorded),
+Points: ``publish-before-commit`` (a blob's bytes are in place, a file or an S3 object, its row
+not yet committed), ``publish-before-settle`` (the row is committed, the publication journal
+not yet removed), ``segment-before-record`` (a resumable upload's segment is durable, not yet
+recorded),
 ``upload-before-publish`` (an upload's recorded segments are assembled, not yet published) and
 ``upload-before-segments-deleted`` (the upload is complete, its segments not yet removed).
 """

@@ -1,11 +1,13 @@
 """casd over S3, in-process (aiohttp's test server) on a real PostgreSQL and a real SeaweedFS:
 what a client sees is what it sees over the file store, and the bucket holds what it should.
 
-Starting ``casd serve`` against a store it cannot use is the only end-to-end case here.
+Starting ``casd serve`` against a store it cannot use and killing it between an object and its
+row are the end-to-end cases here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import ClientPayloadError, ServerDisconnectedError
@@ -29,10 +32,11 @@ from casd.http.app import create_app
 from casd.maintenance import SWEEP_LOCK, maintenance_lock, sweep_if_free
 from casd.scrub import Scrubber
 from casd.stores.s3 import S3BlobStore
-from tests.conftest import create_database, free_port
+from tests.conftest import ServerFactory, create_database, free_port
 from tests.helpers import digest_of, problem_of
 from tests.seaweed import S3Area, SeaweedFS, new_area
 from tests.stores import abandon_s3, environment
+from tests.test_crashes import crashed, row_count
 
 MiB = 1024 * 1024
 
@@ -264,3 +268,33 @@ async def test_one_process_at_a_time_sweeps_what_dead_nodes_left(casd: S3Casd) -
     assert len(await casd.area.open_multipart_uploads()) == 1, "too young: maybe alive"
     assert await sweep_if_free(casd.core, older_than=0)
     assert await casd.area.open_multipart_uploads() == []
+
+
+@pytest.mark.parametrize("size", [MiB + 3, 20 * MiB + 3], ids=["one-part", "multipart"])
+async def test_a_put_killed_after_its_object_completed_before_its_row_is_never_stuck(
+    casd_server_factory: ServerFactory, s3_area: S3Area, http: aiohttp.ClientSession, size: int
+) -> None:
+    """kill -9 of the whole server once the object is complete at its key and before its row
+    commits: the PUT was never answered; after the restart the blob is not served yet (the
+    next upload or scrub adopts the object) or served whole, and uploading it again makes it
+    whole and leaves no multipart upload open."""
+    crash = {**s3_area.env(), "CASD_TEST_CRASH_AT": "publish-before-commit"}
+    server = casd_server_factory(env=crash)
+    data = os.urandom(size)
+    digest = digest_of(data)
+    url = f"{server.url}/v1/blobs/{digest}"
+    with contextlib.suppress(aiohttp.ClientError):
+        async with http.put(url, data=data, headers=server.admin_headers) as response:
+            pytest.fail(f"answered {response.status} although the server was to die")
+    await crashed(server)
+    assert await s3_area.keys() != [], "the object was complete before the crash"
+    async with http.get(url) as response:  # undone (not adopted yet) or done: never damaged
+        assert response.status in (404, 200), await response.text()
+        assert response.status == 404 or await response.read() == data
+    async with http.put(url, data=data, headers=server.admin_headers) as response:
+        assert response.status in (200, 201), await response.text()
+    async with http.get(url) as response:
+        assert response.status == 200
+        assert await response.read() == data
+    assert await row_count(server, digest) == 1
+    assert await s3_area.open_multipart_uploads() == []
