@@ -41,7 +41,12 @@ from xdist.scheduler import LoadScopeScheduling
 from casd.config import Settings, metrics_dir_of
 from casd.core import Core, open_core
 from casd.embedded import EmbeddedPostgres
-from tests.inprocess import InProcessServer, run_casd_cli, run_coroutine_in_thread
+from tests.inprocess import (
+    InProcessServer,
+    ServerAccess,
+    run_casd_cli,
+    run_coroutine_in_thread,
+)
 from tests.inprocess import free_port as free_port  # tests import it from here
 from tests.seaweed import S3Area, SeaweedFS, new_area
 
@@ -269,7 +274,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @dataclass
-class CasdServer:
+class CasdServer(ServerAccess):
     """A ``casd serve`` subprocess."""
 
     data_dir: Path
@@ -280,20 +285,8 @@ class CasdServer:
     process: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
-
-    @property
-    def admin_token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
-
-    @property
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def command(self, *args: str) -> list[str]:
         """A casd CLI command line aimed at this server's data directory and database."""
@@ -436,6 +429,12 @@ def s3_area(seaweedfs: SeaweedFS) -> S3Area:
     """A fresh key prefix of the session's SeaweedFS: ``s3_area.url`` for --blob-store,
     ``s3_area.env()`` for a casd process, ``s3_area.client()`` for raw S3 requests."""
     return new_area(seaweedfs)
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> str:
+    """A fresh database of the session's PostgreSQL with every migration applied."""
+    return await asyncio.to_thread(create_database, postgres_url, migrated=True)
 
 
 @pytest.fixture

@@ -137,8 +137,28 @@ class _Worker(threading.Thread):
             raise TimeoutError(f"{self.name} did not stop")
 
 
+class ServerAccess:
+    """How a test reaches a casd server, in this process or not: its loopback URL and the admin
+    token that its first start wrote into its data directory."""
+
+    data_dir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+
 @dataclass
-class InProcessServer:
+class InProcessServer(ServerAccess):
     """The casd application served in this process (see the module's docstring)."""
 
     data_dir: Path
@@ -149,20 +169,8 @@ class InProcessServer:
     _workers: list[_Worker] = field(default_factory=list)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def settings(self) -> Settings:
         return settings_for(self.data_dir, self.database_url, self.port, self.extra_args, self.env)
-
-    @property
-    def admin_token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
-
-    @property
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def start(self) -> InProcessServer:
         self.port = self.port or free_port()

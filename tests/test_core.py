@@ -15,14 +15,8 @@ from casd.config import Settings
 from casd.core import Core, open_core
 from casd.digests import digest_of
 from casd.http.app import create_app
-from tests.conftest import create_database
 
 pytestmark = pytest.mark.http
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> str:
-    return create_database(postgres_url, migrated=True)
 
 
 @pytest.fixture

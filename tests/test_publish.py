@@ -14,10 +14,9 @@ import asyncpg
 import pytest
 
 from casd.blobs import BlobService
-from casd.database import Database, migrate
+from casd.database import Database
 from casd.digests import blob_relpath, digest_of, publish_lock_key
 from casd.stores.file import FileBlobStore
-from tests.conftest import create_database
 
 OLD = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -25,13 +24,6 @@ OLD = datetime(2020, 1, 1, tzinfo=UTC)
 async def stream(data: bytes, step: int = 256 * 1024) -> AsyncIterator[bytes]:
     for start in range(0, len(data), step):
         yield data[start : start + step]
-
-
-@pytest.fixture
-async def database_url(postgres_url: str) -> str:
-    url = await asyncio.to_thread(create_database, postgres_url)
-    await migrate(url)
-    return url
 
 
 @pytest.fixture

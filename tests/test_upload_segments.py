@@ -5,7 +5,6 @@ segments that no upload records and no writer can record any more."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -16,13 +15,12 @@ import pytest
 
 from casd.auth import Token
 from casd.blobs import Blob, BlobService
-from casd.database import Database, migrate
+from casd.database import Database
 from casd.digests import digest_of
 from casd.stores import Segment
 from casd.stores.file import FileBlobStore
 from casd.upload_leases import UploadRow
 from casd.uploads import Append, RequestBody, UploadService, UploadStatus
-from tests.conftest import create_database
 
 MiB = 1024 * 1024
 
@@ -37,13 +35,6 @@ def body(data: bytes) -> RequestBody:
         return None
 
     return RequestBody(chunks(data), len(data), lambda error: None, accept)
-
-
-@pytest.fixture
-async def database_url(postgres_url: str) -> str:
-    url = await asyncio.to_thread(create_database, postgres_url)
-    await migrate(url)
-    return url
 
 
 @pytest.fixture
