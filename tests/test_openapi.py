@@ -22,6 +22,10 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "schemat
 # Bounds of the schemathesis run: examples per operation and seconds for the whole run.
 MAX_EXAMPLES = 5
 MAX_SECONDS = 45
+# Seldom, a schemathesis worker thread dies of a CPython 3.11 fault in building ASTs while
+# hypothesis describes a lambda (gh-106905, seen once in a dozen runs); that run says nothing
+# about casd and is repeated once.
+INTERPRETER_FAULT = "AST constructor recursion depth mismatch"
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",
@@ -202,6 +206,19 @@ async def test_schemathesis_finds_the_server_true_to_its_description(
         "--report-dir",
         str(ARTIFACTS),
     ]
+    returncode, text = await run_schemathesis(command)
+    if INTERPRETER_FAULT in text:  # not about casd: once more (CPython gh-106905, see above)
+        returncode, text = await run_schemathesis(command)
+    (ARTIFACTS / "output.txt").write_text(text)
+    assert returncode == 0, text[-6000:]
+    covered = re.search(r"Selected: (\d+)/\d+\s+Tested: (\d+)", text)
+    assert covered and covered[1] == covered[2], "every operation is tested within the bounds"
+    unhandled = [record for record in caplog.records if "unhandled error" in record.message]
+    assert not unhandled, unhandled[0].getMessage()
+
+
+async def run_schemathesis(command: list[str]) -> tuple[int, str]:
+    """The exit status and output of one schemathesis run, within its time budget."""
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -211,10 +228,5 @@ async def test_schemathesis_finds_the_server_true_to_its_description(
         process.kill()
         await process.wait()
         pytest.fail("schemathesis ran past its time budget")
-    text = output.decode(errors="replace")
-    (ARTIFACTS / "output.txt").write_text(text)
-    assert process.returncode == 0, text[-6000:]
-    covered = re.search(r"Selected: (\d+)/\d+\s+Tested: (\d+)", text)
-    assert covered and covered[1] == covered[2], "every operation is tested within the bounds"
-    unhandled = [record for record in caplog.records if "unhandled error" in record.message]
-    assert not unhandled, unhandled[0].getMessage()
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
